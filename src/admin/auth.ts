@@ -1,0 +1,22 @@
+import { createHash, timingSafeEqual } from 'node:crypto'
+import type { FastifyRequest } from 'fastify'
+import { AdminDisabledError, UnauthorizedError } from '../errors.ts'
+
+/**
+ * Checks `Authorization: Bearer <token>` in constant time (both sides hashed to the same length first).
+ * Returns the caller's identity for the audit trail. With no token configured every change is refused.
+ */
+export function bearerAuth (token: string | undefined, tokenName: string): (request: FastifyRequest) => string {
+  const expected = token === undefined ? undefined : digest(token)
+  return (request) => {
+    if (expected === undefined) throw new AdminDisabledError()
+    const header = request.headers.authorization ?? ''
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(header)
+    if (match === null || !timingSafeEqual(digest(match[1] as string), expected)) throw new UnauthorizedError()
+    return `${tokenName}@${request.ip}`
+  }
+}
+
+function digest (text: string): Buffer {
+  return createHash('sha256').update(text).digest()
+}

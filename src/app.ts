@@ -1,0 +1,184 @@
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { hostname } from 'node:os'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import type { Logger } from 'pino'
+import { Registry } from 'prom-client'
+import { parseHostPort, type Config } from './config.ts'
+import { Metrics } from './metrics.ts'
+import { Router } from './routing/decide.ts'
+import { UserKeyReader } from './routing/user-key.ts'
+import { RolloutKeys } from './rollout/keys.ts'
+import { connectRedis, type RedisClient } from './rollout/redis.ts'
+import { RolloutStore } from './rollout/store.ts'
+import { RolloutSync } from './rollout/sync.ts'
+import { TrafficWindow } from './traffic/window.ts'
+import { createPools, closePools } from './proxy/pools.ts'
+import { createForwarder } from './proxy/forward.ts'
+import { adminRoutes } from './admin/routes.ts'
+
+/** What the outside world provides; tests pass their own, production lets buildApp create them. */
+export interface AppDeps {
+  log: Logger
+  registry?: Registry
+  redis?: RedisClient
+  subscriber?: RedisClient
+  now?: () => number
+}
+
+export interface App {
+  config: Config
+  instanceId: string
+  proxy: FastifyInstance
+  admin: FastifyInstance
+  sync: RolloutSync
+  store: RolloutStore
+  metrics: Metrics
+  registry: Registry
+  traffic: TrafficWindow
+  router: Router
+  redis: RedisClient
+  /** Starts following Redis and listens on both ports (config.listen and config.adminListen). */
+  listen: () => Promise<{ proxy: AddressInfo, admin: AddressInfo }>
+  /** Stops taking requests, drains those in flight, then closes pools and Redis. */
+  close: () => Promise<void>
+}
+
+/** Wires every part together; never listens by itself. */
+export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
+  const { log } = deps
+  const now = deps.now ?? Date.now
+  const instanceId = config.instanceId ?? `${hostname()}:${process.pid}`
+  const registry = deps.registry ?? new Registry()
+  const metrics = new Metrics(registry)
+  const keys = new RolloutKeys(config.redis.prefix, config.rollout.name)
+  const ownsRedis = deps.redis === undefined
+  const redisOptions = { commandTimeoutMs: config.redis.commandTimeoutMs, connectionName: `dbshift:${instanceId}` }
+  const redis = deps.redis ?? connectRedis(config.redis.url, redisOptions)
+  const subscriber = deps.subscriber ?? connectRedis(config.redis.url, { ...redisOptions, subscriber: true })
+  watchRedis(redis, metrics, log)
+  subscriber.on('error', () => {}) // reported through the control connection; ioredis needs a listener
+
+  const store = new RolloutStore(redis, keys, { initialPercent: config.rollout.initialPercent, now })
+  const sync = new RolloutSync(store, redis, subscriber, {
+    initialPercent: config.rollout.initialPercent,
+    pollIntervalMs: config.redis.pollIntervalMs,
+    fullSyncIntervalMs: config.redis.fullSyncIntervalMs,
+    now
+  }, log)
+  metrics.rolloutPercent.set(sync.current.percent)
+  sync.on('change', (next, previous) => {
+    metrics.rolloutPercent.set(next.percent)
+    metrics.rolledBack.set(next.rolledBack ? 1 : 0)
+    log.info({ percent: next.percent, state: next.state, trip: next.trip, allow: next.allow.size, deny: next.deny.size, previous: { percent: previous.percent, state: previous.state } }, 'rollout state changed')
+  })
+  sync.on('invalid', ({ key, value, rule }) => {
+    metrics.configErrors.inc()
+    log.error({ key, value, rule }, `ignored an invalid value in Redis: ${key} must be ${rule}; keeping the last valid state`)
+  })
+
+  const traffic = new TrafficWindow({ now })
+  const router = new Router({ strategy: config.rollout.strategy, salt: config.rollout.salt ?? config.rollout.name, anonymous: config.rollout.anonymous })
+  const pools = createPools(config)
+  const forward = createForwarder({
+    router,
+    keyReader: new UserKeyReader(config.identity.header, config.identity.cookie),
+    rollout: () => sync.current,
+    pools,
+    metrics,
+    traffic,
+    log,
+    requestLogLevel: config.log.requests,
+    retries: config.upstream.retries,
+    maxInFlight: config.server.maxInFlight,
+    maxUrlBytes: config.server.maxUrlBytes
+  })
+
+  const proxy = Fastify({
+    loggerInstance: log as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    exposeHeadRoutes: false,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    serverFactory: (handler) => proxyServer(config, handler)
+  })
+  // Bodies are streamed to the upstream untouched: no parser may read them.
+  proxy.removeAllContentTypeParsers()
+  proxy.addContentTypeParser('*', (_request, _payload, done) => { done(null) })
+  proxy.route({
+    method: proxy.supportedMethods,
+    url: '/*',
+    handler: (request, reply) => {
+      reply.hijack()
+      forward(request.raw, reply.raw)
+    }
+  })
+
+  const admin = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 16_384 })
+  await admin.register(adminRoutes, { config, instanceId, sync, store, metrics, registry, traffic, router, redis, now })
+
+  let closing: Promise<void> | undefined
+  const app: App = {
+    config,
+    instanceId,
+    proxy,
+    admin,
+    sync,
+    store,
+    metrics,
+    registry,
+    traffic,
+    router,
+    redis,
+    async listen () {
+      await sync.start()
+      await proxy.listen(parseHostPort(config.listen))
+      await admin.listen(parseHostPort(config.adminListen))
+      return { proxy: proxy.server.address() as AddressInfo, admin: admin.server.address() as AddressInfo }
+    },
+    async close () {
+      closing ??= (async () => {
+        await Promise.all([proxy.close(), admin.close()])
+        await sync.close()
+        await closePools(pools)
+        if (ownsRedis) {
+          redis.disconnect()
+          subscriber.disconnect()
+        }
+      })()
+      await closing
+    }
+  }
+  return app
+}
+
+/** The proxy's HTTP server, with the limits that protect it from slow and oversized clients. */
+function proxyServer (config: Config, handler: Parameters<typeof createServer>[1]): Server {
+  const server = createServer({
+    maxHeaderSize: config.server.maxHeaderBytes,
+    requestTimeout: config.server.requestTimeoutMs,
+    headersTimeout: config.server.headersTimeoutMs,
+    keepAliveTimeout: config.server.keepAliveTimeoutMs,
+    // Two Content-Length values, CL with TE and other ambiguous framing are refused by Node's parser (not lenient).
+    insecureHTTPParser: false
+  }, handler)
+  return server
+}
+
+/** Keeps dbshift_redis_up true to the connection, and logs each loss of Redis once, not per retry. */
+function watchRedis (redis: RedisClient, metrics: Metrics, log: Logger): void {
+  let up = false
+  redis.on('ready', () => {
+    if (!up) log.info('connected to Redis')
+    up = true
+    metrics.redisUp.set(1)
+  })
+  redis.on('close', () => {
+    if (up) log.warn('lost the connection to Redis; routing on the last valid state and reconnecting')
+    up = false
+    metrics.redisUp.set(0)
+  })
+  redis.on('error', (err: Error) => {
+    if (up) log.warn({ err }, 'Redis error')
+  })
+}

@@ -1,0 +1,61 @@
+import createError from '@fastify/error'
+
+/** The last argument of every error: the low-level error it wraps. */
+type Cause = { cause?: unknown }
+
+/** Every error code dbshift can answer with or exit on. The README documents each one. */
+export const ERROR_CODES = [
+  'DBSHIFT_ERR_CONFIG',
+  'DBSHIFT_ERR_BAD_REQUEST',
+  'DBSHIFT_ERR_URI_TOO_LONG',
+  'DBSHIFT_ERR_UPSTREAM_UNAVAILABLE',
+  'DBSHIFT_ERR_UPSTREAM_TIMEOUT',
+  'DBSHIFT_ERR_OVERLOADED',
+  'DBSHIFT_ERR_FEATURE_PAUSED',
+  'DBSHIFT_ERR_UNAUTHORIZED',
+  'DBSHIFT_ERR_ADMIN_DISABLED',
+  'DBSHIFT_ERR_REDIS_UNAVAILABLE',
+  'DBSHIFT_ERR_RAMP_FROZEN',
+  'DBSHIFT_ERR_INVALID_VALUE'
+] as const
+
+export type ErrorCode = typeof ERROR_CODES[number]
+
+/** A bad configuration: the message names the key, the value and what is allowed. */
+export const ConfigError = createError<'DBSHIFT_ERR_CONFIG', [string, Cause?]>('DBSHIFT_ERR_CONFIG', 'invalid configuration: %s')
+
+/** The request itself is malformed (for example two Host headers) and is not forwarded. */
+export const BadRequestError = createError<'DBSHIFT_ERR_BAD_REQUEST', 400, [string, Cause?]>('DBSHIFT_ERR_BAD_REQUEST', '%s', 400)
+
+/** The request target is longer than server.maxUrlBytes. */
+export const UriTooLongError = createError<'DBSHIFT_ERR_URI_TOO_LONG', 414, [Cause?]>('DBSHIFT_ERR_URI_TOO_LONG', 'the request target is too long', 414)
+
+/** The chosen pool refused, reset or could not be reached. */
+export const UpstreamUnavailableError = createError<'DBSHIFT_ERR_UPSTREAM_UNAVAILABLE', 502, [string, Cause?]>(
+  'DBSHIFT_ERR_UPSTREAM_UNAVAILABLE', 'the %s pool could not answer', 502)
+
+/** The chosen pool did not answer in time. */
+export const UpstreamTimeoutError = createError<'DBSHIFT_ERR_UPSTREAM_TIMEOUT', 504, [string, Cause?]>(
+  'DBSHIFT_ERR_UPSTREAM_TIMEOUT', 'the %s pool did not answer in time', 504)
+
+/** Too many requests in flight: shed rather than fall over. */
+export const OverloadedError = createError<'DBSHIFT_ERR_OVERLOADED', 503, [Cause?]>('DBSHIFT_ERR_OVERLOADED', 'too many requests in flight', 503)
+
+/** L2 guard: a new-feature route is paused while the primary database is overloaded. */
+export const FeaturePausedError = createError<'DBSHIFT_ERR_FEATURE_PAUSED', 503, [Cause?]>(
+  'DBSHIFT_ERR_FEATURE_PAUSED', 'this feature is paused while the database is under high load', 503)
+
+export const UnauthorizedError = createError<'DBSHIFT_ERR_UNAUTHORIZED', 401, [Cause?]>(
+  'DBSHIFT_ERR_UNAUTHORIZED', 'a valid "Authorization: Bearer <token>" header is required', 401)
+
+export const AdminDisabledError = createError<'DBSHIFT_ERR_ADMIN_DISABLED', 403, [Cause?]>(
+  'DBSHIFT_ERR_ADMIN_DISABLED', 'changes through the admin API are disabled: set DBSHIFT_ADMIN_TOKEN (or admin.token in the config file) to enable them', 403)
+
+export const RedisUnavailableError = createError<'DBSHIFT_ERR_REDIS_UNAVAILABLE', 503, [string, Cause?]>(
+  'DBSHIFT_ERR_REDIS_UNAVAILABLE', 'Redis is unreachable: %s', 503)
+
+export const RampFrozenError = createError<'DBSHIFT_ERR_RAMP_FROZEN', 409, [string, Cause?]>(
+  'DBSHIFT_ERR_RAMP_FROZEN', 'the ramp is frozen: %s', 409)
+
+export const InvalidValueError = createError<'DBSHIFT_ERR_INVALID_VALUE', 400, [string, Cause?]>(
+  'DBSHIFT_ERR_INVALID_VALUE', '%s', 400)

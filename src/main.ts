@@ -1,0 +1,29 @@
+import closeWithGrace from 'close-with-grace'
+import { pino } from 'pino'
+import { buildApp } from './app.ts'
+import { loadConfig, type Config } from './config.ts'
+
+/** Starts dbshift from the config file and the environment; exits 2 on a bad configuration. */
+export async function main (overrides?: (config: Config) => void): Promise<void> {
+  let config: Config
+  try {
+    config = loadConfig()
+    overrides?.(config)
+  } catch (err) {
+    process.stderr.write(`dbshift: ${(err as Error).message}\n`)
+    process.exit(2)
+  }
+  const log = pino({ level: config.log.level, name: 'dbshift' })
+  const app = await buildApp(config, { log })
+  const { proxy, admin } = await app.listen()
+  log.info({ proxy: `${proxy.address}:${proxy.port}`, admin: `${admin.address}:${admin.port}`, rollout: config.rollout.name }, 'dbshift is listening')
+
+  // SIGTERM/SIGINT: stop accepting, drain in-flight requests, then close pools and Redis.
+  closeWithGrace({ delay: config.server.shutdownGraceMs }, async ({ signal, err }) => {
+    if (err !== undefined) log.error({ err }, 'shutting down after an error')
+    else log.info({ signal }, 'shutting down: draining in-flight requests')
+    await app.close()
+  })
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) await main()

@@ -1,0 +1,49 @@
+/**
+ * Every Redis key and channel of one rollout: the only place their names are written.
+ * The `{name}` hash tag keeps one rollout's keys in one Redis Cluster slot, so multi-key scripts work there.
+ */
+export class RolloutKeys {
+  readonly percent: string
+  readonly state: string
+  readonly trip: string
+  readonly allow: string
+  readonly deny: string
+  readonly events: string
+  readonly audit: string
+  /** Set by the L2 guard while the ramp is frozen; a raise of the percentage is refused while it exists. */
+  readonly freeze: string
+  /** The L2 load signal in 0..1, written by a database monitor. */
+  readonly dbLoadSignal: string
+  /** The L3 external signal: any non-empty value other than 0 means "the data is inconsistent". */
+  readonly inconsistentSignal: string
+  /** A hash of instance id → JSON heartbeat; each field carries its own expiry in the value. */
+  readonly instances: string
+  readonly schedule: string
+  readonly scheduleLease: string
+  readonly guardLease: string
+
+  readonly #base: string
+
+  constructor (prefix: string, readonly name: string) {
+    this.#base = `${prefix}:{${name}}`
+    this.percent = `${this.#base}:percent`
+    this.state = `${this.#base}:state`
+    this.trip = `${this.#base}:trip`
+    this.allow = `${this.#base}:allow`
+    this.deny = `${this.#base}:deny`
+    this.events = `${this.#base}:events`
+    this.audit = `${this.#base}:audit`
+    this.freeze = `${this.#base}:freeze`
+    this.dbLoadSignal = `${this.#base}:signal:db_load`
+    this.inconsistentSignal = `${this.#base}:signal:inconsistent`
+    this.instances = `${this.#base}:instances`
+    this.schedule = `${this.#base}:schedule`
+    this.scheduleLease = `${this.#base}:schedule:lease`
+    this.guardLease = `${this.#base}:guard:lease`
+  }
+
+  /** Fleet-wide traffic counts of one version in one time slot (L1 guard), expiring. */
+  traffic (version: string, slot: number): string {
+    return `${this.#base}:traffic:${version}:${slot}`
+  }
+}

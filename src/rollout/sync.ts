@@ -1,0 +1,178 @@
+import { EventEmitter } from 'node:events'
+import type { Logger } from 'pino'
+import { isReady, type RedisClient } from './redis.ts'
+import { dialOf, type InvalidValue, type RolloutStore, type Trip, type Actor } from './store.ts'
+import { initialSnapshot, nextSnapshot, rolledBack, sameSnapshot, type RolloutSnapshot } from './snapshot.ts'
+
+export interface RolloutSyncOptions {
+  initialPercent: number
+  /** How often the percentage and state are polled (one MGET), so a plain `SET` is seen within this time. */
+  pollIntervalMs: number
+  /** How often everything (allow and deny sets, trip) is re-read even when nothing announced a change. */
+  fullSyncIntervalMs: number
+  now?: () => number
+}
+
+export interface RolloutSyncEvents {
+  change: [next: RolloutSnapshot, previous: RolloutSnapshot]
+  invalid: [value: InvalidValue]
+  persisted: [trip: Trip]
+}
+
+/**
+ * Keeps the in-memory snapshot in step with Redis: a full read at start and on every (re)connect, a cheap poll,
+ * and a pub/sub subscription for changes made through dbshift. Requests only ever read `current`; nothing here
+ * is awaited on the request path. A local rollback applies at once and is written to Redis when it can be.
+ */
+export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
+  #current: RolloutSnapshot
+  #lastSyncAt = 0
+  #lastDial: string | undefined
+  #lastFullSync = 0
+  #pendingRollback: { trip: Trip, actor: Actor } | undefined
+  /** Invalid values already reported, so each is logged and counted once, not on every poll. */
+  readonly #reported = new Set<string>()
+  #timer: NodeJS.Timeout | undefined
+  #syncing: Promise<void> | undefined
+  #closed = false
+
+  readonly #store: RolloutStore
+  readonly #redis: RedisClient
+  readonly #subscriber: RedisClient
+  readonly #options: RolloutSyncOptions
+  readonly #log: Logger
+  readonly #now: () => number
+
+  constructor (store: RolloutStore, redis: RedisClient, subscriber: RedisClient, options: RolloutSyncOptions, log: Logger) {
+    super()
+    this.#store = store
+    this.#redis = redis
+    this.#subscriber = subscriber
+    this.#options = options
+    this.#log = log
+    this.#now = options.now ?? Date.now
+    this.#current = initialSnapshot(options.initialPercent)
+  }
+
+  /** The snapshot in force: what routing reads. */
+  get current (): RolloutSnapshot {
+    return this.#current
+  }
+
+  /** When this instance last read Redis successfully (ms since epoch; 0 = never). */
+  get lastSyncAt (): number {
+    return this.#lastSyncAt
+  }
+
+  /** True while a local rollback waits to be written to Redis. */
+  get rollbackPending (): boolean {
+    return this.#pendingRollback !== undefined
+  }
+
+  /**
+   * Starts following Redis. Resolves after the first read or at once when Redis is unreachable: a cold start
+   * without Redis serves the configured initial state and catches up in the background.
+   */
+  async start (): Promise<void> {
+    const onReady = (): void => { this.refresh().catch(() => {}) }
+    this.#redis.on('ready', onReady)
+    this.#subscriber.on('ready', onReady)
+    this.#subscriber.on('message', (channel: string) => {
+      if (channel === this.#store.keys.events) onReady()
+    })
+    this.#subscriber.subscribe(this.#store.keys.events).catch((err: Error) => {
+      this.#log.warn({ err }, 'subscribing to rollout events failed; will retry on reconnect')
+    })
+    this.#schedule()
+    await this.refresh().catch(() => {})
+  }
+
+  async close (): Promise<void> {
+    this.#closed = true
+    clearTimeout(this.#timer)
+    await this.#syncing?.catch(() => {})
+  }
+
+  /** Reads everything now (and writes a pending rollback first). Concurrent calls share one read. */
+  async refresh (): Promise<void> {
+    if (this.#syncing !== undefined) return await this.#syncing
+    this.#syncing = this.#fullSync().finally(() => { this.#syncing = undefined })
+    return await this.#syncing
+  }
+
+  /**
+   * Routes everyone to legacy on this instance now, then writes the rollback to Redis (at once if it can,
+   * else on every poll until it succeeds). Returns true when Redis already has it.
+   */
+  async rollbackLocally (trip: Trip, actor: Actor): Promise<boolean> {
+    this.#pendingRollback = { trip, actor }
+    this.#apply(rolledBack(this.#current, trip))
+    try {
+      await this.refresh()
+    } catch {}
+    return this.#pendingRollback === undefined
+  }
+
+  async #fullSync (): Promise<void> {
+    if (this.#closed || !isReady(this.#redis)) throw new Error('Redis is not connected')
+    const pending = this.#pendingRollback
+    if (pending !== undefined) {
+      await this.#store.rollback(pending.trip, pending.actor)
+      if (this.#pendingRollback === pending) this.#pendingRollback = undefined
+      this.emit('persisted', pending.trip)
+    }
+    const { record, invalid, dial } = await this.#store.read()
+    this.#lastSyncAt = this.#now()
+    this.#lastFullSync = this.#lastSyncAt
+    this.#report(invalid)
+    const k = this.#store.keys
+    const missing = {
+      percent: record.percent === undefined && !invalid.some((v) => v.key === k.percent),
+      state: record.state === undefined && !invalid.some((v) => v.key === k.state)
+    }
+    this.#lastDial = dial
+    let next = nextSnapshot(this.#current, record, missing, this.#options.initialPercent)
+    const stillPending = this.#pendingRollback as typeof pending
+    if (stillPending !== undefined) next = rolledBack(next, stillPending.trip)
+    this.#apply(next)
+  }
+
+  /** One MGET of the dial; a full read when it moved or when the full-sync interval is up. */
+  async #poll (): Promise<void> {
+    if (this.#pendingRollback !== undefined || this.#now() - this.#lastFullSync >= this.#options.fullSyncIntervalMs) {
+      return await this.refresh()
+    }
+    if (!isReady(this.#redis)) return
+    const k = this.#store.keys
+    const [percent, state] = await this.#redis.mget(k.percent, k.state)
+    this.#lastSyncAt = this.#now()
+    if (dialOf(percent, state) !== this.#lastDial) await this.refresh()
+  }
+
+  #schedule (): void {
+    if (this.#closed) return
+    this.#timer = setTimeout(() => {
+      this.#poll().catch(() => {}).finally(() => this.#schedule())
+    }, this.#options.pollIntervalMs)
+    this.#timer.unref()
+  }
+
+  #apply (next: RolloutSnapshot): void {
+    const previous = this.#current
+    if (sameSnapshot(previous, next)) return
+    this.#current = next
+    this.emit('change', next, previous)
+  }
+
+  #report (invalid: InvalidValue[]): void {
+    const seen = new Set<string>()
+    for (const value of invalid) {
+      const id = `${value.key}\n${value.value}`
+      seen.add(id)
+      if (this.#reported.has(id)) continue
+      this.#reported.add(id)
+      this.emit('invalid', value)
+    }
+    for (const id of this.#reported) if (!seen.has(id)) this.#reported.delete(id)
+  }
+}

@@ -16,6 +16,7 @@ import { TrafficWindow } from './traffic/window.ts'
 import { createPools, closePools } from './proxy/pools.ts'
 import { createForwarder } from './proxy/forward.ts'
 import { adminRoutes } from './admin/routes.ts'
+import { createGuards, type Guards } from './guards/index.ts'
 
 /** What the outside world provides; tests pass their own, production lets buildApp create them. */
 export interface AppDeps {
@@ -38,6 +39,7 @@ export interface App {
   traffic: TrafficWindow
   router: Router
   redis: RedisClient
+  guards: Guards
   /** Starts following Redis and listens on both ports (config.listen and config.adminListen). */
   listen: () => Promise<{ proxy: AddressInfo, admin: AddressInfo }>
   /** Stops taking requests, drains those in flight, then closes pools and Redis. */
@@ -80,6 +82,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const traffic = new TrafficWindow({ now })
   const router = new Router({ strategy: config.rollout.strategy, salt: config.rollout.salt ?? config.rollout.name, anonymous: config.rollout.anonymous })
   const pools = createPools(config)
+  const guards = createGuards({ config, instanceId, sync, store, redis, traffic, metrics, log, now })
   const forward = createForwarder({
     router,
     keyReader: new UserKeyReader(config.identity.header, config.identity.cookie),
@@ -91,7 +94,8 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     requestLogLevel: config.log.requests,
     retries: config.upstream.retries,
     maxInFlight: config.server.maxInFlight,
-    maxUrlBytes: config.server.maxUrlBytes
+    maxUrlBytes: config.server.maxUrlBytes,
+    hooks: guards.hooks
   })
 
   const proxy = Fastify({
@@ -115,7 +119,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   })
 
   const admin = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 16_384 })
-  await admin.register(adminRoutes, { config, instanceId, sync, store, metrics, registry, traffic, router, redis, now })
+  await admin.register(adminRoutes, { config, instanceId, sync, store, metrics, registry, traffic, router, redis, guards, now })
 
   let closing: Promise<void> | undefined
   const app: App = {
@@ -130,8 +134,10 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     traffic,
     router,
     redis,
+    guards,
     async listen () {
       await sync.start()
+      guards.start()
       await proxy.listen(parseHostPort(config.listen))
       await admin.listen(parseHostPort(config.adminListen))
       return { proxy: proxy.server.address() as AddressInfo, admin: admin.server.address() as AddressInfo }
@@ -139,6 +145,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     async close () {
       closing ??= (async () => {
         await Promise.all([proxy.close(), admin.close()])
+        await guards.close()
         await sync.close()
         await closePools(pools)
         if (ownsRedis) {

@@ -10,6 +10,7 @@ import type { Actor, RolloutStore } from '../rollout/store.ts'
 import type { RolloutSync } from '../rollout/sync.ts'
 import type { TrafficWindow } from '../traffic/window.ts'
 import { bearerAuth } from './auth.ts'
+import type { Guards } from '../guards/index.ts'
 
 export interface AdminOptions {
   config: Config
@@ -21,6 +22,7 @@ export interface AdminOptions {
   traffic: TrafficWindow
   router: Router
   redis: RedisClient
+  guards: Guards
   now: () => number
 }
 
@@ -67,7 +69,7 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
       strategy: config.rollout.strategy,
       redis: { connected: isReady(redis), lastSyncAt: iso(sync.lastSyncAt), rollbackPending: sync.rollbackPending },
       traffic: { windowSeconds: STATUS_WINDOW_MS / 1000, ...perVersion },
-      guards: config.guards
+      guards: { config: config.guards, ...options.guards.status() }
     }
   })
 

@@ -1,0 +1,173 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer as createNetServer, type AddressInfo } from 'node:net'
+import { Writable } from 'node:stream'
+import type { TestContext } from 'node:test'
+import { Redis } from 'ioredis'
+import { pino, type Logger } from 'pino'
+import { buildApp, type App } from '../src/app.ts'
+import { resolveConfig, type Config } from '../src/config.ts'
+import type { RolloutSnapshot } from '../src/rollout/snapshot.ts'
+
+type Teardown = Pick<TestContext, 'after'>
+
+/** A free TCP port on loopback (bound, read, released). */
+export async function freePort (): Promise<number> {
+  const server = createNetServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  await new Promise<void>((resolve) => server.close(() => resolve()))
+  return port
+}
+
+export interface TestRedis {
+  url: string
+  port: number
+  /** A client of the test's own; closed on teardown. */
+  client: Redis
+  /** Stops the server (SHUTDOWN NOSAVE) and waits for the process to exit. */
+  stop: () => Promise<void>
+  /** Starts it again on the same port, empty. */
+  start: () => Promise<void>
+}
+
+const NO_REDIS = 'redis-server could not be started. Install Redis (Debian/Ubuntu: `apt-get install redis-server`; macOS: `brew install redis`) ' +
+  'so that it is on PATH, or run `bash .ci/run`, which installs it.'
+
+/** Starts a redis-server of the test's own on a free port, so that it can be stopped, paused and flushed freely. */
+export async function startRedis (t: Teardown, args: string[] = []): Promise<TestRedis> {
+  const port = await freePort()
+  let child: ChildProcess | undefined
+  const start = async (): Promise<void> => {
+    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    const proc = child
+    await new Promise<void>((resolve, reject) => {
+      let out = ''
+      proc.once('error', (err: NodeJS.ErrnoException) => reject(new Error(err.code === 'ENOENT' ? NO_REDIS : `${NO_REDIS} (${err.message})`)))
+      proc.once('exit', (code) => reject(new Error(`redis-server exited with ${String(code)}: ${out}`)))
+      proc.stdout?.on('data', (chunk: Buffer) => {
+        out += chunk.toString()
+        if (out.includes('Ready to accept connections')) resolve()
+      })
+    })
+    proc.removeAllListeners('exit')
+    proc.stdout?.resume()
+  }
+  const stop = async (): Promise<void> => {
+    const proc = child
+    if (proc === undefined || proc.exitCode !== null) return
+    const exited = once(proc, 'exit')
+    proc.kill('SIGKILL')
+    await exited
+  }
+  await start()
+  const client = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 1, lazyConnect: true, retryStrategy: () => 100 })
+  client.on('error', () => {})
+  await client.connect()
+  t.after(async () => {
+    client.disconnect()
+    await stop()
+  })
+  return { url: `redis://127.0.0.1:${port}`, port, client, stop, start }
+}
+
+export interface TestUpstream {
+  url: string
+  server: Server
+  /** Requests received so far. */
+  requests: IncomingMessage[]
+  close: () => Promise<void>
+}
+
+export type Handler = (req: IncomingMessage, res: ServerResponse) => void
+
+/** An upstream that answers JSON naming itself (or runs `handler`), on a free port; closed on teardown. */
+export async function startUpstream (t: Teardown, name: string, handler?: Handler): Promise<TestUpstream> {
+  const requests: IncomingMessage[] = []
+  const server = createServer((req, res) => {
+    requests.push(req)
+    if (handler !== undefined) return handler(req, res)
+    req.resume()
+    req.once('end', () => {
+      const body = JSON.stringify({ servedBy: name, tag: req.headers['x-dbshift-version'], user: req.headers['x-user-id'], path: req.url })
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+      res.end(body)
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const close = async (): Promise<void> => {
+    server.closeAllConnections()
+    await new Promise<void>((resolve) => server.close(() => resolve()))
+  }
+  t.after(close)
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server, requests, close }
+}
+
+/** A logger whose JSON lines the test can read back. */
+export function captureLogs (level = 'debug'): { log: Logger, lines: Array<Record<string, unknown>> } {
+  const lines: Array<Record<string, unknown>> = []
+  const sink = new Writable({
+    write (chunk: Buffer, _encoding, callback) {
+      for (const line of chunk.toString().split('\n')) if (line !== '') lines.push(JSON.parse(line) as Record<string, unknown>)
+      callback()
+    }
+  })
+  return { log: pino({ level }, sink), lines }
+}
+
+export interface TestProxy {
+  app: App
+  url: string
+  adminUrl: string
+  logs: Array<Record<string, unknown>>
+  close: () => Promise<void>
+}
+
+/** The config every test proxy starts from: loopback ports 0, fast Redis polling. */
+export function testConfig (redisUrl: string, legacy: string | string[], migrated: string | string[], file: Record<string, unknown> = {}): Config {
+  const section = (name: string): Record<string, unknown> => (file[name] ?? {}) as Record<string, unknown>
+  return resolveConfig({
+    ...file,
+    listen: '127.0.0.1:0',
+    adminListen: '127.0.0.1:0',
+    pools: { legacy: [legacy].flat(), migrated: [migrated].flat() },
+    redis: { url: redisUrl, pollIntervalMs: 100, fullSyncIntervalMs: 500, commandTimeoutMs: 500, ...section('redis') }
+  })
+}
+
+/** A whole dbshift (proxy and admin ports) on loopback; closed on teardown. */
+export async function startProxy (t: Teardown, config: Config): Promise<TestProxy> {
+  const { log, lines } = captureLogs()
+  const app = await buildApp(config, { log })
+  const { proxy, admin } = await app.listen()
+  t.after(async () => await app.close())
+  return { app, url: `http://127.0.0.1:${proxy.port}`, adminUrl: `http://127.0.0.1:${admin.port}`, logs: lines, close: async () => await app.close() }
+}
+
+/** Resolves once the instance's rollout snapshot satisfies `predicate` (now, or on a later change). */
+export async function untilRollout (app: App, predicate: (snapshot: RolloutSnapshot) => boolean, timeoutMs = 5_000): Promise<RolloutSnapshot> {
+  if (predicate(app.sync.current)) return app.sync.current
+  return await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      app.sync.off('change', onChange)
+      reject(new Error(`rollout never matched within ${timeoutMs} ms; last: ${JSON.stringify({ percent: app.sync.current.percent, state: app.sync.current.state })}`))
+    }, timeoutMs)
+    const onChange = (next: RolloutSnapshot): void => {
+      if (!predicate(next)) return
+      clearTimeout(timer)
+      app.sync.off('change', onChange)
+      resolve(next)
+    }
+    app.sync.on('change', onChange)
+  })
+}
+
+/** GET through the proxy as a user; returns status, the version header and the JSON body. */
+export async function getAs (url: string, user: string | undefined, path = '/'): Promise<{ status: number, version: string | null, body: Record<string, unknown> }> {
+  const res = await fetch(url + path, { headers: user === undefined ? {} : { 'x-user-id': user } })
+  const text = await res.text()
+  let body: Record<string, unknown> = {}
+  try { body = JSON.parse(text) as Record<string, unknown> } catch { body = { text } }
+  return { status: res.status, version: res.headers.get('x-dbshift-version'), body }
+}

@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { once } from 'node:events'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createNetServer, type AddressInfo } from 'node:net'
@@ -170,4 +171,61 @@ export async function getAs (url: string, user: string | undefined, path = '/'):
   let body: Record<string, unknown> = {}
   try { body = JSON.parse(text) as Record<string, unknown> } catch { body = { text } }
   return { status: res.status, version: res.headers.get('x-dbshift-version'), body }
+}
+
+export interface ProxyProcess {
+  url: string
+  adminUrl: string
+  pid: number
+  child: ChildProcess
+  /** Log lines the process printed (JSON). */
+  logs: Array<Record<string, unknown>>
+  /** Sends a signal and resolves with the exit code. */
+  stop: (signal?: NodeJS.Signals) => Promise<number | null>
+}
+
+/** dbshift as its own process (`src/main.ts`), configured by environment variables; killed on teardown. */
+export async function startProxyProcess (t: Teardown, env: NodeJS.ProcessEnv): Promise<ProxyProcess> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    env: { PATH: process.env.PATH, DBSHIFT_CONFIG: 'test/fixtures/empty.yaml', DBSHIFT_LISTEN: '127.0.0.1:0', DBSHIFT_ADMIN_LISTEN: '127.0.0.1:0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  const logs: Array<Record<string, unknown>> = []
+  const exited = once(child, 'exit').then(([code]) => code as number | null)
+  const listening = new Promise<Record<string, unknown>>((resolve, reject) => {
+    let buffered = ''
+    let errors = ''
+    child.stderr.on('data', (chunk: Buffer) => { errors += chunk.toString() })
+    child.stdout.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString()
+      let newline = buffered.indexOf('\n')
+      while (newline !== -1) {
+        const line = buffered.slice(0, newline)
+        buffered = buffered.slice(newline + 1)
+        newline = buffered.indexOf('\n')
+        try {
+          const entry = JSON.parse(line) as Record<string, unknown>
+          logs.push(entry)
+          if (entry.msg === 'dbshift is listening') resolve(entry)
+        } catch {}
+      }
+    })
+    exited.then((code) => reject(new Error(`dbshift exited with ${String(code)} before listening: ${errors}`)), reject)
+  })
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal)
+    return await exited
+  }
+  t.after(async () => { await stop('SIGKILL') })
+  const ready = await listening
+  const port = (address: unknown): string => String(address).slice(String(address).lastIndexOf(':') + 1)
+  return { url: `http://127.0.0.1:${port(ready.proxy)}`, adminUrl: `http://127.0.0.1:${port(ready.admin)}`, pid: child.pid as number, child, logs, stop }
+}
+
+/** The peak resident set size of a process so far (VmHWM), in bytes. Linux only. */
+export function peakRss (pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+  const match = /VmHWM:\s+(\d+) kB/.exec(status)
+  if (match === null) throw new Error(`no VmHWM for process ${pid}`)
+  return Number(match[1]) * 1024
 }

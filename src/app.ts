@@ -66,6 +66,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     initialPercent: config.rollout.initialPercent,
     pollIntervalMs: config.redis.pollIntervalMs,
     fullSyncIntervalMs: config.redis.fullSyncIntervalMs,
+    startupWaitMs: config.redis.commandTimeoutMs,
     now
   }, log)
   metrics.rolloutPercent.set(sync.current.percent)

@@ -10,6 +10,8 @@ export interface RolloutSyncOptions {
   pollIntervalMs: number
   /** How often everything (allow and deny sets, trip) is re-read even when nothing announced a change. */
   fullSyncIntervalMs: number
+  /** How long start() waits for a first connection before serving the initial state. */
+  startupWaitMs: number
   now?: () => number
 }
 
@@ -84,7 +86,21 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
       this.#log.warn({ err }, 'subscribing to rollout events failed; will retry on reconnect')
     })
     this.#schedule()
+    if (!isReady(this.#redis)) await this.#firstConnection()
     await this.refresh().catch(() => {})
+  }
+
+  /** Waits (bounded) for the connection being made at start-up, so a healthy Redis is read before serving. */
+  async #firstConnection (): Promise<void> {
+    let timer: NodeJS.Timeout | undefined
+    let onReady = (): void => {}
+    await new Promise<void>((resolve) => {
+      onReady = resolve
+      this.#redis.once('ready', onReady)
+      timer = setTimeout(resolve, this.#options.startupWaitMs)
+    })
+    clearTimeout(timer)
+    this.#redis.off('ready', onReady)
   }
 
   async close (): Promise<void> {

@@ -12,7 +12,32 @@ export const SHADOW_RESULTS = ['match', 'mismatch', 'error', 'skipped'] as const
 export type ShadowResult = typeof SHADOW_RESULTS[number]
 
 /** Latency buckets for a proxy: 1 ms to 10 s. */
-const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+export const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+/**
+ * prom-client's default metrics whose names break the Prometheus naming rules (gauges ending in `_total`), so
+ * `promtool check metrics` refuses them. They are sums of nodejs_active_handles{type} and friends, which stay.
+ */
+const MISNAMED_DEFAULT_METRICS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']
+
+/** The largest HTTP status code kept as its own `code` label; anything else is labelled `other`. */
+const MAX_STATUS = 599
+
+/** What prom-client 15 keeps per histogram child (lib/histogram.js createBaseValues); there is no bulk observe. */
+interface HistogramEntry {
+  labels: Record<string, string>
+  bucketValues: Record<number, number>
+  sum: number
+  count: number
+}
+
+/** Answered requests of one version not yet handed to prom-client: plain array increments on the hot path. */
+class PendingRequests {
+  readonly byStatus = new Float64Array(MAX_STATUS + 1)
+  readonly byBucket = new Float64Array(DURATION_BUCKETS.length + 1)
+  sum = 0
+  count = 0
+}
 
 /**
  * Every metric dbshift exports; this is the only file that writes a metric name. Labels come from small fixed
@@ -31,46 +56,110 @@ export class Metrics {
   readonly shadow: Counter<'result'>
   readonly l2Paused: Gauge
 
-  /** Label children cached per version and status code, so recording a request is two increments. */
-  readonly #requestChildren: Record<Version, Array<Counter.Internal | undefined>> = { legacy: [], migrated: [] }
-  readonly #durationChildren: Record<Version, Histogram.Internal<'version'>>
+  /**
+   * Requests are counted here and handed to prom-client when it collects (at each scrape): a request costs a
+   * few array increments instead of two label lookups.
+   */
+  readonly #pending: Record<Version, PendingRequests> = { legacy: new PendingRequests(), migrated: new PendingRequests() }
 
   constructor (registry: Registry, options: { defaultMetrics?: boolean } = {}) {
     const registers = [registry]
-    this.requests = new Counter({ name: 'dbshift_requests_total', help: 'Requests answered, by version and HTTP status code.', labelNames: ['version', 'code'], registers })
-    this.duration = new Histogram({ name: 'dbshift_request_duration_seconds', help: 'Time from request to the end of the response, by version.', labelNames: ['version'], buckets: DURATION_BUCKETS, registers })
+    this.requests = new Counter({
+      name: 'dbshift_requests_total',
+      help: 'Requests answered, by version and HTTP status code.',
+      labelNames: ['version', 'code'],
+      registers,
+      collect: () => this.#flushRequests()
+    })
+    this.duration = new Histogram({
+      name: 'dbshift_request_duration_seconds',
+      help: 'Time from request to the end of the response, by version.',
+      labelNames: ['version'],
+      buckets: DURATION_BUCKETS,
+      registers,
+      collect: () => this.#flushDurations()
+    })
     this.upstreamErrors = new Counter({ name: 'dbshift_upstream_errors_total', help: 'Requests whose upstream failed (refused, reset, timeout, ...), by version and reason.', labelNames: ['version', 'reason'], registers })
     this.rolloutPercent = new Gauge({ name: 'dbshift_rollout_percent', help: 'The rollout percentage in force on this instance.', registers })
     this.rolledBack = new Gauge({ name: 'dbshift_rolled_back', help: '1 while the rollout is rolled back (everyone on legacy), else 0.', registers })
     this.guardTrips = new Counter({ name: 'dbshift_guard_trips_total', help: 'Automatic or manual rollbacks and guard actions, by level.', labelNames: ['level'], registers })
-    this.guardThreshold = new Gauge({ name: 'dbshift_guard_threshold', help: 'The threshold in force for each guard level (error ratio, load or mismatch ratio).', labelNames: ['level'], registers })
+    this.guardThreshold = new Gauge({ name: 'dbshift_guard_threshold', help: 'The threshold in force for each guard level (error ratio, load or mismatch ratio; 0 = disabled).', labelNames: ['level'], registers })
     this.configErrors = new Counter({ name: 'dbshift_config_errors_total', help: 'Invalid values found in Redis and ignored.', registers })
     this.redisUp = new Gauge({ name: 'dbshift_redis_up', help: '1 while Redis is reachable from this instance, else 0.', registers })
     this.shadow = new Counter({ name: 'dbshift_shadow_total', help: 'Shadow comparisons between versions, by result.', labelNames: ['result'], registers })
     this.l2Paused = new Gauge({ name: 'dbshift_l2_paused', help: '1 while the L2 guard pauses the new-feature routes and freezes the ramp, else 0.', registers })
 
+    // Series that exist from the start, at 0, so that rate() and alerts see the first failure as an increase.
     for (const version of VERSIONS) {
-      for (const reason of UPSTREAM_ERROR_REASONS) this.upstreamErrors.labels(version, reason)
-      this.duration.labels(version)
+      for (const reason of UPSTREAM_ERROR_REASONS) this.upstreamErrors.labels(version, reason).inc(0)
+      this.duration.zero({ version })
     }
-    for (const level of GUARD_LEVELS) this.guardTrips.labels(level)
-    for (const result of SHADOW_RESULTS) this.shadow.labels(result)
-    this.#durationChildren = { legacy: this.duration.labels('legacy'), migrated: this.duration.labels('migrated') }
+    for (const level of GUARD_LEVELS) this.guardTrips.labels(level).inc(0)
+    for (const result of SHADOW_RESULTS) this.shadow.labels(result).inc(0)
+    this.rolloutPercent.set(0)
+    this.rolledBack.set(0)
     this.redisUp.set(0)
     this.l2Paused.set(0)
-    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: registry })
+    if (options.defaultMetrics !== false) {
+      collectDefaultMetrics({ register: registry })
+      for (const name of MISNAMED_DEFAULT_METRICS) registry.removeSingleMetric(name)
+    }
   }
 
-  /** Counts one answered request. Called on the hot path: no label lookups after the first of each code. */
+  /** Counts one answered request. Called on the hot path: array increments only, no allocation, no lookup. */
   recordRequest (version: Version, status: number, seconds: number): void {
-    const code = status >= 100 && status <= 599 ? status : 0 // bounded: any other value is labelled "other"
-    const children = this.#requestChildren[version]
-    let child = children[code]
-    if (child === undefined) {
-      child = this.requests.labels(version, code === 0 ? 'other' : String(code))
-      children[code] = child
+    if (!(seconds >= 0)) seconds = 0 // NaN or a clock step back: never poison the sum
+    const pending = this.#pending[version]
+    pending.byStatus[status >= 100 && status <= MAX_STATUS ? status : 0]++ // 0 stands for "other": labels stay bounded
+    let i = 0
+    while (i < DURATION_BUCKETS.length && seconds > (DURATION_BUCKETS[i] as number)) i++
+    pending.byBucket[i]++
+    pending.sum += seconds
+    pending.count++
+  }
+
+  #flushRequests (): void {
+    for (const version of VERSIONS) {
+      const byStatus = this.#pending[version].byStatus
+      for (let status = 0; status <= MAX_STATUS; status++) {
+        const n = byStatus[status] as number
+        if (n === 0) continue
+        this.requests.labels(version, status === 0 ? 'other' : String(status)).inc(n)
+        byStatus[status] = 0
+      }
     }
-    child.inc()
-    this.#durationChildren[version].observe(seconds)
+  }
+
+  #flushDurations (): void {
+    for (const version of VERSIONS) {
+      const pending = this.#pending[version]
+      if (pending.count === 0) continue
+      const entry = this.#durationEntry(version)
+      for (let i = 0; i < DURATION_BUCKETS.length; i++) {
+        const bound = DURATION_BUCKETS[i] as number
+        entry.bucketValues[bound] = (entry.bucketValues[bound] ?? 0) + (pending.byBucket[i] as number)
+      }
+      entry.sum += pending.sum
+      entry.count += pending.count
+      pending.byBucket.fill(0)
+      pending.sum = 0
+      pending.count = 0
+    }
+  }
+
+  /**
+   * The stored child of one version. prom-client 15 keeps each child's non-cumulative bucket counts, sum and
+   * count in `hashMap` and has no bulk observe; the observability tests read the exported buckets back, so a
+   * change of that layout fails them.
+   */
+  #durationEntry (version: Version): HistogramEntry {
+    const find = (): HistogramEntry | undefined => {
+      const hashMap = (this.duration as unknown as { hashMap: Record<string, HistogramEntry> }).hashMap
+      return Object.values(hashMap).find((entry) => entry.labels.version === version)
+    }
+    const found = find()
+    if (found !== undefined) return found
+    this.duration.zero({ version }) // after a registry reset
+    return find() as HistogramEntry
   }
 }

@@ -1,0 +1,63 @@
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { Redis } from 'ioredis'
+import { freePort, startProcess, waitForHttp, type Started } from './processes.ts'
+
+/** A redis-server of the benchmark's own (no persistence), and a client to it. */
+export async function startBenchRedis (cpus: string | undefined, extra: string[] = []): Promise<{ url: string, port: number, client: Redis, server: Started }> {
+  const port = await freePort()
+  const server = startProcess('redis-server', cpus, 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extra])
+  const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => 50, maxRetriesPerRequest: 1 })
+  client.on('error', () => {})
+  const deadline = Date.now() + 10_000
+  for (;;) {
+    try {
+      await client.connect()
+      await client.ping()
+      break
+    } catch (err) {
+      if (Date.now() > deadline || server.child.exitCode !== null) throw new Error(`redis-server did not start: ${(err as Error).message} ${server.output()}`)
+      client.disconnect()
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+  }
+  return { url: `redis://127.0.0.1:${port}`, port, client, server }
+}
+
+export interface DbshiftProcess extends Started {
+  url: string
+  adminUrl: string
+}
+
+/** dbshift from its entry file, configured by a YAML file as deployed, pinned when cpus is given. */
+export async function startDbshift (dir: string, cpus: string | undefined, options: { redisUrl: string, legacy: string, migrated: string, workers?: number, extra?: string }): Promise<DbshiftProcess> {
+  const port = await freePort()
+  const adminPort = await freePort()
+  const file = join(dir, `dbshift-${port}.yaml`)
+  writeFileSync(file, [
+    `listen: 127.0.0.1:${port}`,
+    `adminListen: 127.0.0.1:${adminPort}`,
+    `workers: ${options.workers ?? 1}`,
+    `pools: { legacy: ['${options.legacy}'], migrated: ['${options.migrated}'] }`,
+    `redis: { url: '${options.redisUrl}' }`,
+    'log: { level: warn }',
+    options.extra ?? ''
+  ].join('\n'))
+  const started = startProcess('dbshift', cpus, process.execPath, ['--import', 'tsx', 'src/main.ts'], { env: { ...process.env, DBSHIFT_CONFIG: file } })
+  const adminUrl = `http://127.0.0.1:${adminPort}`
+  await waitForHttp(`${adminUrl}/readyz`, started)
+  await waitForHttp(`http://127.0.0.1:${port}/`, started)
+  return { ...started, url: `http://127.0.0.1:${port}`, adminUrl }
+}
+
+/** Share of `n` requests with distinct users that the target tags as migrated (x-dbshift-version). */
+export async function migratedShare (url: string, n = 2_000): Promise<number> {
+  let migrated = 0
+  for (let i = 0; i < n; i++) {
+    const res = await fetch(`${url}/api/orders`, { headers: { 'x-user-id': `check-${i}` } })
+    await res.arrayBuffer()
+    if (res.status !== 200) throw new Error(`${url} answered ${res.status}`)
+    if (res.headers.get('x-dbshift-version') === 'migrated') migrated++
+  }
+  return migrated / n
+}

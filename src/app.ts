@@ -186,7 +186,10 @@ function watchRedis (redis: RedisClient, metrics: Metrics, log: Logger): void {
     up = false
     metrics.redisUp.set(0)
   })
+  let warnedAtStart = false
   redis.on('error', (err: Error) => {
     if (up) log.warn({ err }, 'Redis error')
+    else if (!warnedAtStart) log.warn({ err }, 'Redis is unreachable; routing on the last valid state (or the initial one) and retrying in the background')
+    warnedAtStart = true
   })
 }

@@ -1,10 +1,11 @@
+import type { AddressInfo } from 'node:net'
 import closeWithGrace from 'close-with-grace'
 import { pino } from 'pino'
-import { buildApp } from './app.ts'
+import { buildApp, type App } from './app.ts'
 import { loadConfig, type Config } from './config.ts'
 
 /** Starts dbshift from the config file and the environment; exits 2 on a bad configuration. */
-export async function main (overrides?: (config: Config) => void): Promise<void> {
+export async function main (overrides?: (config: Config) => void): Promise<{ app: App, proxy: AddressInfo, admin: AddressInfo }> {
   let config: Config
   try {
     config = loadConfig()
@@ -24,6 +25,7 @@ export async function main (overrides?: (config: Config) => void): Promise<void>
     else log.info({ signal }, 'shutting down: draining in-flight requests')
     await app.close()
   })
+  return { app, proxy, admin }
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await main()

@@ -16,7 +16,8 @@ export const ERROR_CODES = [
   'DBSHIFT_ERR_ADMIN_DISABLED',
   'DBSHIFT_ERR_REDIS_UNAVAILABLE',
   'DBSHIFT_ERR_RAMP_FROZEN',
-  'DBSHIFT_ERR_INVALID_VALUE'
+  'DBSHIFT_ERR_INVALID_VALUE',
+  'DBSHIFT_ERR_CONFLICT'
 ] as const
 
 export type ErrorCode = typeof ERROR_CODES[number]
@@ -59,3 +60,6 @@ export const RampFrozenError = createError<'DBSHIFT_ERR_RAMP_FROZEN', 409, [stri
 
 export const InvalidValueError = createError<'DBSHIFT_ERR_INVALID_VALUE', 400, [string, Cause?]>(
   'DBSHIFT_ERR_INVALID_VALUE', '%s', 400)
+
+/** A change that does not fit the rollout's state: a ramp while one is active, or while rolled back. */
+export const ConflictError = createError<'DBSHIFT_ERR_CONFLICT', 409, [string, Cause?]>('DBSHIFT_ERR_CONFLICT', '%s', 409)

@@ -72,6 +72,7 @@ export const ConfigSchema = Type.Object({
     requests: Enum(LEVELS, 'silent')
   }, { additionalProperties: false, default: {} }),
   guards: Type.Object({
+    signalPollIntervalMs: Millis(2_000, 100),
     l1: Guard({
       windowMs: Millis(300_000, 1_000),
       errorRate: Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 0.05 }),
@@ -104,6 +105,7 @@ export const ConfigSchema = Type.Object({
       windowMs: Millis(300_000, 1_000),
       maxBodyBytes: Type.Integer({ minimum: 1024, default: 1_048_576 }),
       maxConcurrent: Type.Integer({ minimum: 1, default: 16 }),
+      timeoutMs: Millis(10_000),
       webhookUrl: Type.Optional(Type.String({ pattern: '^https?://' })),
       webhookTimeoutMs: Millis(5_000),
       webhookRetries: Type.Integer({ minimum: 0, maximum: 10, default: 3 })

@@ -55,6 +55,7 @@ export class Metrics {
   readonly redisUp: Gauge
   readonly shadow: Counter<'result'>
   readonly l2Paused: Gauge
+  readonly guardDryRuns: Counter<'level'>
 
   /**
    * Requests are counted here and handed to prom-client when it collects (at each scrape): a request costs a
@@ -64,6 +65,7 @@ export class Metrics {
 
   constructor (registry: Registry, options: { defaultMetrics?: boolean } = {}) {
     const registers = [registry]
+    // `aggregator`: how the primary adds up workers' gauges (workers > 1); counters and histograms are summed.
     this.requests = new Counter({
       name: 'dbshift_requests_total',
       help: 'Requests answered, by version and HTTP status code.',
@@ -80,14 +82,15 @@ export class Metrics {
       collect: () => this.#flushDurations()
     })
     this.upstreamErrors = new Counter({ name: 'dbshift_upstream_errors_total', help: 'Requests whose upstream failed (refused, reset, timeout, ...), by version and reason.', labelNames: ['version', 'reason'], registers })
-    this.rolloutPercent = new Gauge({ name: 'dbshift_rollout_percent', help: 'The rollout percentage in force on this instance.', registers })
-    this.rolledBack = new Gauge({ name: 'dbshift_rolled_back', help: '1 while the rollout is rolled back (everyone on legacy), else 0.', registers })
+    this.rolloutPercent = new Gauge({ name: 'dbshift_rollout_percent', help: 'The rollout percentage in force on this instance.', registers, aggregator: 'max' })
+    this.rolledBack = new Gauge({ name: 'dbshift_rolled_back', help: '1 while the rollout is rolled back (everyone on legacy), else 0.', registers, aggregator: 'max' })
     this.guardTrips = new Counter({ name: 'dbshift_guard_trips_total', help: 'Automatic or manual rollbacks and guard actions, by level.', labelNames: ['level'], registers })
-    this.guardThreshold = new Gauge({ name: 'dbshift_guard_threshold', help: 'The threshold in force for each guard level (error ratio, load or mismatch ratio; 0 = disabled).', labelNames: ['level'], registers })
+    this.guardThreshold = new Gauge({ name: 'dbshift_guard_threshold', help: 'The threshold in force for each guard level (error ratio, load or mismatch ratio; 0 = disabled).', labelNames: ['level'], registers, aggregator: 'first' })
     this.configErrors = new Counter({ name: 'dbshift_config_errors_total', help: 'Invalid values found in Redis and ignored.', registers })
-    this.redisUp = new Gauge({ name: 'dbshift_redis_up', help: '1 while Redis is reachable from this instance, else 0.', registers })
+    this.redisUp = new Gauge({ name: 'dbshift_redis_up', help: '1 while Redis is reachable from this instance, else 0.', registers, aggregator: 'min' })
     this.shadow = new Counter({ name: 'dbshift_shadow_total', help: 'Shadow comparisons between versions, by result.', labelNames: ['result'], registers })
-    this.l2Paused = new Gauge({ name: 'dbshift_l2_paused', help: '1 while the L2 guard pauses the new-feature routes and freezes the ramp, else 0.', registers })
+    this.l2Paused = new Gauge({ name: 'dbshift_l2_paused', help: '1 while the L2 guard pauses the new-feature routes and freezes the ramp, else 0.', registers, aggregator: 'max' })
+    this.guardDryRuns = new Counter({ name: 'dbshift_guard_dry_run_trips_total', help: 'Trips a guard in dry-run mode would have made (logged, not acted on), by level.', labelNames: ['level'], registers })
 
     // Series that exist from the start, at 0, so that rate() and alerts see the first failure as an increase.
     for (const version of VERSIONS) {
@@ -95,6 +98,7 @@ export class Metrics {
       this.duration.zero({ version })
     }
     for (const level of GUARD_LEVELS) this.guardTrips.labels(level).inc(0)
+    for (const level of GUARD_LEVELS) if (level !== 'manual') this.guardDryRuns.labels(level).inc(0)
     for (const result of SHADOW_RESULTS) this.shadow.labels(result).inc(0)
     this.rolloutPercent.set(0)
     this.rolledBack.set(0)

@@ -42,8 +42,13 @@ export class RolloutKeys {
     this.guardLease = `${this.#base}:guard:lease`
   }
 
+  /** Claimed (SET NX, expiring) by the one instance that audits a hand-made change; `id` names the change. */
+  handChange (id: string): string {
+    return `${this.#base}:hand:${id}`
+  }
+
   /** Fleet-wide traffic counts of one version in one time slot (L1 guard), expiring. */
-  traffic (version: string, slot: number): string {
+  traffic (version: string, slot: number | string): string {
     return `${this.#base}:traffic:${version}:${slot}`
   }
 }

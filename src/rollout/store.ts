@@ -33,6 +33,12 @@ export interface InvalidValue {
   rule: string
 }
 
+/** The raw `percent` and `state` values (null = missing), before validation: what a hand-made change wrote. */
+export interface RawDial {
+  percent: string | null
+  state: string | null
+}
+
 export interface AuditEntry {
   id: string
   fields: Record<string, string>
@@ -74,6 +80,23 @@ redis.call('PUBLISH', ARGV[4], cjson.encode({action = 'resume', value = 'active'
 return 1
 `
 
+// L2 guard: the first instance to freeze (or thaw) the ramp records it once; the others find it done.
+const FREEZE = `
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'at', ARGV[4], 'action', 'freeze', 'old', '', 'new', ARGV[1], 'by', ARGV[2], 'source', ARGV[3], 'reason', ARGV[1])
+redis.call('PUBLISH', ARGV[6], cjson.encode({action = 'freeze', value = ARGV[1], by = ARGV[2], source = ARGV[3], at = ARGV[4]}))
+return 1
+`
+
+const THAW = `
+local old = redis.call('GET', KEYS[1])
+if not old then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'at', ARGV[4], 'action', 'unfreeze', 'old', old, 'new', '', 'by', ARGV[1], 'source', ARGV[2], 'reason', ARGV[3])
+redis.call('PUBLISH', ARGV[6], cjson.encode({action = 'unfreeze', value = '', by = ARGV[1], source = ARGV[2], at = ARGV[4]}))
+return 1
+`
+
 /**
  * Reads and changes one rollout in Redis. Every change is atomic with its audit entry and its event, so that
  * every instance hears of it at once and nobody has to guess who did what.
@@ -92,7 +115,7 @@ export class RolloutStore {
   }
 
   /** One round trip: every key of the rollout, validated. */
-  async read (): Promise<{ record: RolloutRecord, invalid: InvalidValue[], dial: string }> {
+  async read (): Promise<{ record: RolloutRecord, invalid: InvalidValue[], dial: string, raw: RawDial }> {
     const k = this.keys
     const results = await this.#redis.pipeline()
       .get(k.percent)
@@ -130,7 +153,7 @@ export class RolloutStore {
     const trip = tripHash === null || Object.keys(tripHash).length === 0
       ? undefined
       : { level: tripHash.level ?? '', reason: tripHash.reason ?? '', at: tripHash.at ?? '', by: tripHash.by ?? '' }
-    return { record: { percent, state, trip, allow, deny }, invalid, dial: dialOf(percentText, stateText) }
+    return { record: { percent, state, trip, allow, deny }, invalid, dial: dialOf(percentText, stateText), raw: { percent: percentText, state: stateText } }
   }
 
   /**
@@ -149,6 +172,20 @@ export class RolloutStore {
     const k = this.keys
     const done = await this.#redis.eval(ROLLBACK, 3, k.state, k.trip, k.audit,
       trip.level, trip.reason, trip.at, trip.by, actor.source, k.events, AUDIT_MAX_LENGTH)
+    return done === 1
+  }
+
+  /** Freezes the ramp (L2): a raise of the percentage is refused while the key holds `reason`. False when it already was. */
+  async freeze (reason: string, actor: Actor): Promise<boolean> {
+    const k = this.keys
+    const done = await this.#redis.eval(FREEZE, 2, k.freeze, k.audit, reason, actor.by, actor.source, this.#now(), AUDIT_MAX_LENGTH, k.events)
+    return done === 1
+  }
+
+  /** Lifts the L2 freeze. False when there was none. */
+  async unfreeze (actor: Actor, reason = ''): Promise<boolean> {
+    const k = this.keys
+    const done = await this.#redis.eval(THAW, 2, k.freeze, k.audit, actor.by, actor.source, reason, this.#now(), AUDIT_MAX_LENGTH, k.events)
     return done === 1
   }
 

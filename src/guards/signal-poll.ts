@@ -1,0 +1,54 @@
+import { isReady } from '../rollout/redis.ts'
+import type { GuardContext } from './index.ts'
+
+/**
+ * Reads the keys the guards watch (the L2 load signal and freeze, the L3 external signal) with one MGET every
+ * `guards.signalPollIntervalMs`: a fixed, small cost, whatever the traffic. Nothing is read while Redis is away.
+ */
+export class SignalPoll {
+  readonly #ctx: GuardContext
+  readonly #keys: string[]
+  readonly #onValues: (values: Map<string, string | null>) => void
+  #timer: NodeJS.Timeout | undefined
+  #closed = false
+  #failing = false
+
+  constructor (ctx: GuardContext, keys: string[], onValues: (values: Map<string, string | null>) => void) {
+    this.#ctx = ctx
+    this.#keys = keys
+    this.#onValues = onValues
+  }
+
+  start (): void {
+    if (this.#keys.length === 0) return
+    this.poll().catch(() => {}).finally(() => this.#schedule())
+  }
+
+  close (): void {
+    this.#closed = true
+    clearTimeout(this.#timer)
+  }
+
+  /** Reads the keys now. */
+  async poll (): Promise<void> {
+    if (this.#closed || !isReady(this.#ctx.redis)) return
+    let values: Array<string | null>
+    try {
+      values = await this.#ctx.redis.mget(...this.#keys)
+    } catch (err) {
+      if (!this.#failing) this.#ctx.log.warn({ err }, 'reading the guard signals from Redis failed; will retry')
+      this.#failing = true
+      return
+    }
+    this.#failing = false
+    this.#onValues(new Map(this.#keys.map((key, i) => [key, values[i] ?? null])))
+  }
+
+  #schedule (): void {
+    if (this.#closed) return
+    this.#timer = setTimeout(() => {
+      this.poll().catch(() => {}).finally(() => this.#schedule())
+    }, this.#ctx.config.guards.signalPollIntervalMs)
+    this.#timer.unref()
+  }
+}

@@ -1,0 +1,144 @@
+import { realpathSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { Command, CommanderError, Option } from 'commander'
+import { InvalidValueError } from '../errors.ts'
+import { parseDuration, DURATION_RULE } from '../schedule/schedule.ts'
+import { audit } from './audit.ts'
+import { openContext, type CliContext, type GlobalOptions } from './context.ts'
+import { parsePercentArg, rollback, resume, set } from './dial.ts'
+import { members } from './members.ts'
+import { controlRamp, parseRampArgs, RAMP_VERBS, showRamp, startRamp, type RampVerb } from './ramp.ts'
+import { status } from './status.ts'
+import { watch } from './watch.ts'
+import { checkUser, which } from './which.ts'
+
+/** Exit statuses: documented in the README ("The dbshift command"). */
+export const EXIT = { ok: 0, failed: 1, badInput: 2, refused: 3 } as const
+
+const EXIT_BY_CODE: Record<string, number> = {
+  DBSHIFT_ERR_INVALID_VALUE: EXIT.badInput,
+  DBSHIFT_ERR_CONFIG: EXIT.badInput,
+  DBSHIFT_ERR_RAMP_FROZEN: EXIT.refused,
+  DBSHIFT_ERR_CONFLICT: EXIT.refused,
+  DBSHIFT_ERR_REDIS_UNAVAILABLE: EXIT.failed
+}
+
+/** Runs the command line; resolves to the exit status. */
+export async function run (argv: string[]): Promise<number> {
+  const program = new Command('dbshift')
+  program
+    .description('Operate a dbshift rollout from the command line: it works on Redis directly and records every change in the audit stream.')
+    .addOption(new Option('--rollout <name>', 'rollout name (default: rollout.name of the config file, DBSHIFT_ROLLOUT, or "default")'))
+    .addOption(new Option('--redis <url>', 'Redis URL (default: REDIS_URL, or redis.url of the config file)'))
+    .addOption(new Option('--prefix <prefix>', 'key prefix (default: redis.prefix of the config file, or "dbshift")'))
+    .addOption(new Option('--by <name>', 'who the audit trail names (default: DBSHIFT_OPERATOR, or user@host)'))
+    .option('--json', 'print JSON (one object per line) instead of text')
+    .showHelpAfterError('(run "dbshift --help" for the verbs)')
+    .exitOverride()
+    .configureOutput({ writeErr: (text) => process.stderr.write(text) })
+
+  let exit: number = EXIT.ok
+  const withContext = async (work: (ctx: CliContext) => Promise<void>): Promise<void> => {
+    const ctx = await openContext(program.opts<GlobalOptions>())
+    try {
+      await work(ctx)
+    } finally {
+      await ctx.close()
+    }
+  }
+
+  program.command('status').description('percentage, state, trip, freeze, ramp, last change, and every instance (flagging those behind)')
+    .action(async () => { await withContext(status) })
+
+  program.command('set').argument('<percent>', '0 to 100, at most two decimals').description('set the rollout percentage')
+    .option('--reason <text>', 'why, for the audit trail', '')
+    .action(async (text: string, opts: { reason: string }) => {
+      const percent = parsePercentArg(text)
+      await withContext(async (ctx) => { await set(ctx, percent, opts.reason) })
+    })
+
+  program.command('rollback').description('send everyone to legacy, fleet-wide, now')
+    .option('--reason <text>', 'why, for the trip and the audit trail', '')
+    .action(async (opts: { reason: string }) => { await withContext(async (ctx) => { await rollback(ctx, opts.reason) }) })
+
+  program.command('resume').description('re-arm the rollout after a rollback: it follows the percentage again')
+    .option('--reason <text>', 'why, for the audit trail', '')
+    .action(async (opts: { reason: string }) => { await withContext(async (ctx) => { await resume(ctx, opts.reason) }) })
+
+  program.command('which').argument('<user>', 'the user key (as in the X-User-ID header)').description('which version a user gets, the bucket and why')
+    .action(async (user: string) => {
+      checkUser(user)
+      await withContext(async (ctx) => { await which(ctx, user) })
+    })
+
+  for (const set of ['allow', 'deny'] as const) {
+    program.command(set).argument('<op>', 'add, rm or ls').argument('[user]', 'the user key')
+      .description(set === 'allow' ? 'the allow-set: users always on migrated (unless rolled back)' : 'the deny-set: users always on legacy')
+      .action(async (op: string, user: string | undefined) => {
+        if (op !== 'add' && op !== 'rm' && op !== 'ls') throw new InvalidValueError(`"${op}" is not an operation: use ${set} add <user>, ${set} rm <user> or ${set} ls`)
+        if (op !== 'ls') {
+          if (user === undefined || user === '') throw new InvalidValueError(`${set} ${op} needs a user key, e.g. dbshift ${set} ${op} alice`)
+          checkUser(user)
+        }
+        await withContext(async (ctx) => { await members(ctx, set, op, user) })
+      })
+  }
+
+  program.command('watch').description('follow every change and the fleet\'s per-version rates, live (Ctrl-C to stop)')
+    .option('--interval <duration>', 'how often the rates are printed', '5s')
+    .option('--count <n>', 'stop after this many changes')
+    .action(async (opts: { interval: string, count?: string }) => {
+      const intervalMs = parseDuration(opts.interval)
+      if (intervalMs === undefined || intervalMs < 100) throw new InvalidValueError(`--interval "${opts.interval}" must be ${DURATION_RULE}, at least 100ms`)
+      const count = opts.count === undefined ? undefined : positive(opts.count, '--count')
+      await withContext(async (ctx) => { await watch(ctx, { intervalMs, count }) })
+    })
+
+  program.command('audit').description('the last changes, newest first (who, what, old and new value, why, from where)')
+    .option('--count <n>', 'how many', '20')
+    .action(async (opts: { count: string }) => {
+      const count = positive(opts.count, '--count')
+      await withContext(async (ctx) => { await audit(ctx, count) })
+    })
+
+  program.command('ramp').argument('[steps...]', 'percentages (each optionally with its own bake, e.g. 20:48h), or pause, continue, abort')
+    .description('start a ramp schedule (e.g. ramp 1 5 20:48h 50 100 --bake 30m), control it, or show it')
+    .option('--bake <duration>', 'how long each step bakes healthy before the next', '30m')
+    .option('--reason <text>', 'why (pause, continue, abort)', '')
+    .action(async (args: string[], opts: { bake: string, reason: string }) => {
+      const [first] = args
+      if (first === undefined) return await withContext(showRamp)
+      if ((RAMP_VERBS as readonly string[]).includes(first)) {
+        if (args.length > 1) throw new InvalidValueError(`ramp ${first} takes no further arguments`)
+        return await withContext(async (ctx) => { await controlRamp(ctx, first as RampVerb, opts.reason) })
+      }
+      const steps = parseRampArgs(args, opts.bake)
+      await withContext(async (ctx) => { await startRamp(ctx, steps) })
+    })
+
+  const json = argv.includes('--json')
+  try {
+    await program.parseAsync(argv, { from: 'user' })
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version are not failures; a usage error (unknown verb, missing argument) is bad input.
+      return err.exitCode === 0 ? EXIT.ok : EXIT.badInput
+    }
+    const code = (err as { code?: string }).code ?? 'DBSHIFT_ERR_FAILED'
+    const message = (err as Error).message
+    exit = EXIT_BY_CODE[code] ?? EXIT.failed
+    process.stderr.write(`dbshift: ${message}\n`)
+    if (json) process.stdout.write(`${JSON.stringify({ error: code, message })}\n`)
+  }
+  return exit
+}
+
+function positive (text: string, name: string): number {
+  const n = Number(text)
+  if (!Number.isInteger(n) || n < 1 || n > 10_000) throw new InvalidValueError(`${name} "${text}" must be a whole number from 1 to 10000`)
+  return n
+}
+
+// Run when executed (also through a symlink such as node_modules/.bin/dbshift), not when imported.
+const entry = process.argv[1] === undefined ? '' : realpathSync(process.argv[1])
+if (entry === fileURLToPath(import.meta.url)) process.exitCode = await run(process.argv.slice(2))

@@ -1,0 +1,42 @@
+import { ConflictError, InvalidValueError } from '../errors.ts'
+import { describePlan, describeProgress, parseSteps, type RampStep } from '../schedule/schedule.ts'
+import type { CliContext } from './context.ts'
+import { readShared } from './status.ts'
+
+export const RAMP_VERBS = ['pause', 'continue', 'abort'] as const
+export type RampVerb = typeof RAMP_VERBS[number]
+
+/** Validates the steps before anything connects: bad input exits 2. */
+export function parseRampArgs (args: string[], bake: string): RampStep[] {
+  const steps = parseSteps(args, bake)
+  if (typeof steps === 'string') throw new InvalidValueError(steps)
+  return steps
+}
+
+/** `dbshift ramp 1 5 20:48h 50 100 --bake 30m`: starts a schedule; a running dbshift instance advances it. */
+export async function startRamp (ctx: CliContext, steps: RampStep[]): Promise<void> {
+  const shared = await readShared(ctx)
+  if (shared.state === 'rolled_back') throw new ConflictError('the rollout is rolled back: "dbshift resume" it before starting a ramp')
+  const last = steps.at(-1) as RampStep
+  if (last.percent <= shared.percent) throw new ConflictError(`the dial is already at ${shared.percent}%, at or above every step`)
+  const { result, schedule } = await ctx.schedules.start(steps, ctx.actor)
+  if (result !== 'ok') throw new ConflictError(`a ramp schedule is already active (${describeProgress(schedule, Date.now())}); "dbshift ramp abort" it first`)
+  ctx.print(`ramp started: ${describePlan(steps)}\nthe dbshift instance holding the schedule lease takes each step when the bake has passed with no trip and no freeze;\nfollow it with "dbshift status" or "dbshift watch"`,
+    { started: true, schedule })
+}
+
+/** `dbshift ramp pause|continue|abort`. */
+export async function controlRamp (ctx: CliContext, verb: RampVerb, reason: string): Promise<void> {
+  const shared = verb === 'continue' ? await readShared(ctx) : undefined
+  if (verb === 'continue' && shared?.state === 'rolled_back') throw new ConflictError('the rollout is rolled back: "dbshift resume" it first')
+  const schedule = await ctx.schedules.control(verb, ctx.actor, reason, shared?.percent)
+  if (schedule === undefined) throw new ConflictError('no ramp schedule is active')
+  ctx.print(describeProgress(schedule, Date.now()), { schedule })
+}
+
+/** `dbshift ramp` alone: where the schedule is. */
+export async function showRamp (ctx: CliContext): Promise<void> {
+  const { schedule } = await ctx.schedules.read()
+  ctx.print(schedule === undefined ? 'no ramp schedule' : `${describePlan(schedule.steps)}\n${describeProgress(schedule, Date.now())}`,
+    { schedule: schedule === undefined ? null : { ...schedule, progress: describeProgress(schedule, Date.now()) } })
+}

@@ -1,0 +1,84 @@
+import { readFleet, type FleetMember } from '../fleet/fleet.ts'
+import type { InvalidValue, RolloutRecord } from '../rollout/store.ts'
+import { describeProgress } from '../schedule/schedule.ts'
+import type { CliContext } from './context.ts'
+import { ago, entryJson, entryLine, table } from './format.ts'
+
+/** The rollout as every instance should apply it: Redis's values, defaults for missing keys. */
+export interface SharedState {
+  percent: number
+  state: string
+  record: RolloutRecord
+  invalid: InvalidValue[]
+}
+
+export async function readShared (ctx: CliContext): Promise<SharedState> {
+  const { record, invalid } = await ctx.store.read()
+  const invalidKeys = new Set(invalid.map((value) => value.key))
+  // An invalid value is ignored by every instance, which keeps its last valid one; the CLI cannot know it, so it
+  // shows the default and the warning.
+  return {
+    percent: record.percent ?? ctx.config.rollout.initialPercent,
+    state: record.state ?? 'active',
+    record,
+    invalid: invalid.filter((value) => invalidKeys.has(value.key))
+  }
+}
+
+/** `dbshift status`: the dial, the trip, the freeze, the schedule, the last change and the fleet. */
+export async function status (ctx: CliContext): Promise<void> {
+  const now = Date.now()
+  const shared = await readShared(ctx)
+  const [freeze, { schedule }, [last], allow, deny] = await Promise.all([
+    ctx.redis.get(ctx.keys.freeze),
+    ctx.schedules.read(),
+    ctx.store.audit(1),
+    ctx.redis.scard(ctx.keys.allow),
+    ctx.redis.scard(ctx.keys.deny)
+  ])
+  const fleet = await readFleet(ctx.redis, ctx.keys, shared, now)
+  const behind = fleet.filter((member) => member.behind !== null).length
+  const trip = shared.record.trip ?? null
+
+  const lines = [
+    `rollout      ${ctx.config.rollout.name}  (${ctx.keys.percent.replace(/:percent$/, ':*')})`,
+    `percent      ${shared.percent}%${shared.record.percent === undefined ? '  (no value in Redis: the initial percentage)' : ''}`,
+    `state        ${shared.state}${shared.state === 'rolled_back' ? '  (everyone on legacy; "dbshift resume" re-arms the rollout)' : ''}`,
+    `trip         ${trip === null ? '—' : `${trip.level} at ${trip.at} by ${trip.by}: ${trip.reason}`}`,
+    `freeze       ${freeze === null ? '—' : `frozen by the L2 guard: ${freeze} (raises are refused)`}`,
+    `overrides    allow ${allow}, deny ${deny}`,
+    `ramp         ${schedule === undefined ? '—' : describeProgress(schedule, now)}`,
+    `last change  ${last === undefined ? '—' : entryLine(last)}`,
+    ...shared.invalid.map((value) => `warning      ${value.key} = ${JSON.stringify(value.value)} is ignored: it must be ${value.rule}`),
+    '',
+    fleetText(fleet, behind, now)
+  ]
+  ctx.print(lines.join('\n'), {
+    rollout: ctx.config.rollout.name,
+    percent: shared.percent,
+    state: shared.state,
+    trip,
+    freeze,
+    allow,
+    deny,
+    invalid: shared.invalid,
+    schedule: schedule === undefined ? null : { ...schedule, progress: describeProgress(schedule, now) },
+    lastChange: last === undefined ? null : entryJson(last),
+    fleet: { instances: fleet, behind }
+  })
+}
+
+export function fleetText (fleet: FleetMember[], behind: number, now: number): string {
+  if (fleet.length === 0) return 'fleet        no dbshift instance has reported (none running, or none can reach this Redis)'
+  const head = `fleet        ${fleet.length} instance${fleet.length === 1 ? '' : 's'}, ${behind === 0 ? 'all on the shared state' : `${behind} behind`}`
+  const rows = [['', 'INSTANCE', 'PERCENT', 'STATE', 'HEARD', 'LEGACY rps', 'err', 'MIGRATED rps', 'err', '']]
+  for (const m of fleet) {
+    rows.push([m.behind === null ? ' ' : '!', m.id, `${m.percent}%`, m.state, m.lastSyncAt === 0 ? 'never' : ago(m.lastSyncAt, now),
+      String(m.traffic.legacy.rps), pct(m.traffic.legacy.errorRate), String(m.traffic.migrated.rps), pct(m.traffic.migrated.errorRate), m.behind ?? ''])
+  }
+  return `${head}\n${table(rows)}`
+}
+
+function pct (ratio: number): string {
+  return `${Math.round(ratio * 1000) / 10}%`
+}

@@ -1,0 +1,41 @@
+import { InvalidValueError } from '../errors.ts'
+import { thresholdOf } from '../routing/bucket.ts'
+import { Router } from '../routing/decide.ts'
+import { fromByteString, MAX_KEY_BYTES, toByteString } from '../routing/user-key.ts'
+import { initialSnapshot, nextSnapshot } from '../rollout/snapshot.ts'
+import type { CliContext } from './context.ts'
+
+const WHY: Record<string, string> = {
+  rolled_back: 'the rollout is rolled back: everyone goes to legacy',
+  deny: 'the user is in the deny-set (always legacy)',
+  allow: 'the user is in the allow-set (always migrated)',
+  anonymous: 'no user key: anonymous requests follow rollout.anonymous',
+  bucket: 'by bucket'
+}
+
+export function checkUser (user: string): void {
+  if (Buffer.byteLength(user) > MAX_KEY_BYTES) throw new InvalidValueError(`a user key is at most ${MAX_KEY_BYTES} bytes (this one has ${Buffer.byteLength(user)}); longer keys are anonymous`)
+}
+
+/** `dbshift which <user>`: the version, the bucket and why, computed by the proxy's own Router on Redis's state. */
+export async function which (ctx: CliContext, user: string): Promise<void> {
+  const { config } = ctx
+  const { record, invalid } = await ctx.store.read()
+  const initial = config.rollout.initialPercent
+  const missing = {
+    percent: record.percent === undefined && !invalid.some((v) => v.key === ctx.keys.percent),
+    state: record.state === undefined && !invalid.some((v) => v.key === ctx.keys.state)
+  }
+  const state = nextSnapshot(initialSnapshot(initial), record, missing, initial)
+  const router = new Router({ strategy: config.rollout.strategy, salt: config.rollout.salt ?? config.rollout.name, anonymous: config.rollout.anonymous })
+  const key = user === '' ? undefined : toByteString(user)
+  const decision = router.decide(state, key)
+  const bucket = key === undefined ? null : router.bucketOf(key)
+  const threshold = thresholdOf(state.percent)
+  const why = decision.why === 'bucket'
+    ? `bucket ${bucket ?? '?'} ${decision.version === 'migrated' ? '<' : '>='} ${threshold} (= ${state.percent}% × 100)`
+    : WHY[decision.why] ?? decision.why
+  ctx.print(`${key === undefined ? '(anonymous)' : fromByteString(key)} → ${decision.version}: ${why}${bucket === null || decision.why === 'bucket' ? '' : ` (bucket ${bucket})`}`, {
+    user, version: decision.version, why: decision.why, bucket, threshold, percent: state.percent, state: state.state, strategy: config.rollout.strategy, salt: config.rollout.salt
+  })
+}

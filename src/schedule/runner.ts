@@ -1,0 +1,158 @@
+import type { Logger } from 'pino'
+import { isReady, type RedisClient } from '../rollout/redis.ts'
+import type { Actor, RolloutStore } from '../rollout/store.ts'
+import { isActive, type Schedule } from './schedule.ts'
+import type { ScheduleStore } from './store.ts'
+import { Lease } from './lease.ts'
+
+export interface ScheduleRunnerOptions {
+  instanceId: string
+  store: RolloutStore
+  schedules: ScheduleStore
+  redis: RedisClient
+  /** Used for a missing `percent` key, as everywhere else. */
+  initialPercent: number
+  /** How often the schedule is checked. */
+  tickMs: number
+  /** How long the lease lasts without renewal: the longest a dead runner holds the schedule up. */
+  leaseMs: number
+  now: () => number
+  log: Logger
+}
+
+/**
+ * Advances the ramp schedule. Every instance runs one, but only the holder of the lease in Redis acts, so
+ * exactly one instance advances it; when that instance dies, its lease expires and another one takes over.
+ * A step is taken only after its bake has run with no trip and no freeze; a trip aborts the schedule.
+ */
+export class ScheduleRunner {
+  readonly #o: ScheduleRunnerOptions
+  readonly #lease: Lease
+  readonly #actor: Actor
+  #holding = false
+  #timer: NodeJS.Timeout | undefined
+  #ticking: Promise<void> | undefined
+  #again = false
+  #closed = false
+
+  constructor (options: ScheduleRunnerOptions) {
+    this.#o = options
+    this.#lease = new Lease(options.redis, options.schedules.keys.scheduleLease, options.instanceId, options.leaseMs)
+    this.#actor = { by: options.instanceId, source: 'schedule' }
+  }
+
+  /** True while this instance holds the lease (advances the schedule). */
+  get holding (): boolean {
+    return this.#holding
+  }
+
+  start (): void {
+    this.#loop()
+  }
+
+  /** Checks now (after a change of the rollout: a trip must abort the schedule at once). */
+  kick (): void {
+    if (this.#closed) return
+    if (this.#ticking !== undefined) {
+      this.#again = true
+      return
+    }
+    this.#ticking = this.tick()
+      .catch((err: unknown) => { this.#o.log.warn({ err }, 'checking the ramp schedule failed; retrying') })
+      .finally(() => {
+        this.#ticking = undefined
+        if (this.#again) {
+          this.#again = false
+          this.kick()
+        }
+      })
+  }
+
+  async close (): Promise<void> {
+    this.#closed = true
+    clearTimeout(this.#timer)
+    await this.#ticking
+    if (this.#holding && isReady(this.#o.redis)) await this.#lease.release().catch(() => {})
+    this.#holding = false
+  }
+
+  #loop (): void {
+    if (this.#closed) return
+    this.kick()
+    this.#timer = setTimeout(() => this.#loop(), this.#o.tickMs)
+    this.#timer.unref()
+  }
+
+  /** One check of the schedule: the whole decision, from what Redis holds now. */
+  async tick (): Promise<void> {
+    const { redis, schedules, store, log } = this.#o
+    if (!isReady(redis)) return
+    const { schedule, raw } = await schedules.read()
+    if (!isActive(schedule)) {
+      if (this.#holding) await this.#lease.release()
+      this.#holding = false
+      return
+    }
+    if (!await this.#lease.acquire()) {
+      this.#holding = false
+      return
+    }
+    if (!this.#holding) {
+      this.#holding = true
+      log.info('this instance now advances the ramp schedule')
+      await store.recordAudit('schedule_runner', this.#actor, { new: this.#o.instanceId, reason: 'took the ramp schedule lease' })
+    }
+    const { record } = await store.read()
+    const frozen = await redis.get(schedules.keys.freeze)
+    const now = this.#o.now()
+    const write = async (next: Schedule, action: string, reason: string, percent?: number): Promise<void> => {
+      const result = await schedules.write(raw, next, this.#actor, { action, old: String(schedule.percent ?? ''), new: String(next.percent ?? ''), reason, percent })
+      if (result !== 'ok') log.info({ result, action }, 'ramp schedule step deferred')
+      else log.info({ action, step: next.step + 1, percent: next.percent, status: next.status, reason }, 'ramp schedule changed')
+    }
+
+    if (record.state === 'rolled_back') {
+      const trip = record.trip
+      const note = `rolled back${trip === undefined ? '' : ` (${trip.level}: ${trip.reason})`}`
+      return await write({ ...schedule, status: 'aborted', bakeFrom: null, note }, 'schedule_abort', note)
+    }
+    if (schedule.status === 'paused') return
+    const dial = record.percent ?? this.#o.initialPercent
+    if (schedule.step >= 0 && schedule.percent !== null && dial !== schedule.percent) {
+      const note = `the dial was moved to ${dial}% outside the schedule (it had set ${schedule.percent}%): "dbshift ramp continue" goes on from ${dial}%, "dbshift ramp abort" stops`
+      return await write({ ...schedule, status: 'paused', bakeFrom: null, note }, 'schedule_pause', note)
+    }
+    if (frozen !== null) {
+      const note = `frozen by the L2 guard${frozen === '' || frozen === '1' ? '' : `: ${frozen}`}`
+      if (schedule.bakeFrom === null && schedule.note === note) return
+      return await write({ ...schedule, bakeFrom: null, note }, 'schedule_hold', `${note}; the bake restarts when the freeze ends`)
+    }
+    if (schedule.step < 0) return await this.#take(schedule, dial, now, write)
+    const step = schedule.steps[schedule.step]
+    if (step === undefined) return
+    if (schedule.bakeFrom === null) {
+      return await write({ ...schedule, bakeFrom: now, note: '' }, 'schedule_bake', `the bake of step ${schedule.step + 1} (${step.percent}%) starts`)
+    }
+    if (now - schedule.bakeFrom >= step.bakeMs) await this.#take(schedule, dial, now, write)
+  }
+
+  /** Takes the next step above the dial (a schedule never moves users back), or ends the schedule. */
+  async #take (schedule: Schedule, dial: number, now: number, write: (next: Schedule, action: string, reason: string, percent?: number) => Promise<void>): Promise<void> {
+    const first = schedule.step < 0
+    const index = schedule.steps.findIndex((step, i) => i > schedule.step && (first ? step.percent >= dial : step.percent > dial))
+    const total = schedule.steps.length
+    if (index === -1) {
+      return await write({ ...schedule, status: 'done', bakeFrom: null, note: `the dial is at ${dial}%, at or above every step` }, 'schedule_done', 'no step left above the dial')
+    }
+    const step = schedule.steps[index] as { percent: number }
+    const last = index === total - 1
+    const next: Schedule = { ...schedule, step: index, percent: step.percent, stepAt: now, bakeFrom: now, note: '', status: last ? 'done' : 'running' }
+    await write(next, 'schedule_step', `ramp step ${index + 1} of ${total}${last ? ' (the last)' : ''}`, step.percent)
+  }
+}
+
+/** How often the schedule is checked and how long the lease lasts, from the poll interval (500 ms → 1 s and 5 s). */
+export function runnerTimings (pollIntervalMs: number): { tickMs: number, leaseMs: number } {
+  const tickMs = Math.min(pollIntervalMs * 2, 1_000)
+  return { tickMs, leaseMs: Math.max(tickMs * 5, 1_000) }
+}

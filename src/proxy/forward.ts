@@ -170,8 +170,9 @@ class Exchange implements Dispatcher.DispatchHandler {
   onResponseError (_controller: Dispatcher.DispatchController, err: Error & { code?: string }): void {
     const version = this.#decision.version
     const res = this.#res
-    if (res.destroyed && !res.headersSent) { // the client left first: not the upstream's fault
+    if (res.destroyed) { // the client left first, before or during the answer: not the upstream's fault
       this.#finished = true
+      if (res.headersSent) this.#record(false) // counted under the status it was given, as no error
       return
     }
     const failure = classifyUpstreamError(err, version)

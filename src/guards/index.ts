@@ -35,6 +35,8 @@ export interface GuardEvents {
   trip: [trip: Trip, outcome: TripOutcome]
   /** A guard in dry-run mode would have tripped. */
   dryRun: [level: 'L1' | 'L2' | 'L3', reason: string]
+  /** The signal keys were read (key → value, null when missing). */
+  signals: [values: Map<string, string | null>]
   /** L2 paused (true) or reopened (false) the new-feature routes. */
   l2: [paused: boolean, reason: string]
   /** One shadow comparison finished. */
@@ -75,6 +77,7 @@ export function createGuards (ctx: GuardContext): Guards {
   ], (values) => {
     l2?.onSignals(l2.readsRedisSignal ? values.get(keys.dbLoadSignal) : undefined, values.has(keys.freeze) ? values.get(keys.freeze) !== null : undefined)
     if (l3 !== undefined && values.has(keys.inconsistentSignal)) l3.onSignal(values.get(keys.inconsistentSignal) ?? null)
+    events.emit('signals', values)
   })
 
   const hooks: ForwardHooks = {}

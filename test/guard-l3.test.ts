@@ -42,8 +42,8 @@ interface Webhook {
 
 async function startWebhook (t: TestContext, answers: number[] = []): Promise<Webhook> {
   const calls: Webhook['calls'] = []
-  let resolve: () => void = () => {}
-  const delivered = new Promise<void>((r) => { resolve = r })
+  let deliver: () => void = () => {}
+  const delivered = new Promise<void>((resolve) => { deliver = resolve })
   const server = await startUpstream(t, 'webhook', (req, res) => {
     let text = ''
     req.on('data', (chunk: Buffer) => { text += chunk.toString() })
@@ -51,7 +51,7 @@ async function startWebhook (t: TestContext, answers: number[] = []): Promise<We
       calls.push({ body: JSON.parse(text) as Record<string, unknown>, key: req.headers['idempotency-key'] as string | undefined })
       const status = answers.shift() ?? 200
       res.writeHead(status).end()
-      if (status === 200) resolve()
+      if (status === 200) deliver()
     })
   })
   return { url: `${server.url}/hooks/data-rollback`, calls, answers, delivered }
@@ -75,7 +75,10 @@ async function setup (t: TestContext, l3: Record<string, unknown>): Promise<Setu
     req.resume()
     if (req.headers['x-dbshift-shadow'] !== undefined) state.shadowRequests.push(req)
     state.arrived.shift()?.()
-    if (state.mode === 'hold') return void state.held.push(res)
+    if (state.mode === 'hold') {
+      state.held.push(res)
+      return
+    }
     // Same data, keys in another order, other spacing and other timestamps: still a match.
     const total = state.mode === 'same' ? 10 : 11
     json(res, 200, { generatedAt: 'later', items: [{ updatedAt: 0, sku: 'a' }], total, id: 1 }, 2)

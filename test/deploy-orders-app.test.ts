@@ -125,3 +125,30 @@ test('the orders app refuses a request without a user or with a bad order, namin
   assert.match(bad.body.error, /address\.city/)
   assert.deepEqual(await db.query('SELECT id FROM legacy.orders'), [])
 })
+
+test('the compose stack\'s traffic generator sends its users through dbshift to both versions', async (t) => {
+  const db = await createDatabase(t)
+  const redis = await startRedis(t)
+  const legacy = await startOrdersApp(t, 'legacy', db.url)
+  const migrated = await startOrdersApp(t, 'migrated', db.url)
+  const { app, url } = await startProxy(t, testConfig(redis.url, legacy, migrated))
+  await redis.client.set('dbshift:{default}:percent', '50')
+  await untilRollout(app, (s) => s.percent === 50)
+
+  const traffic = spawn(process.execPath, [fileURLToPath(new URL('../examples/orders-app/traffic.js', import.meta.url))], {
+    env: { ...process.env, TARGET_URL: url, TRAFFIC_REQUESTS: '40', TRAFFIC_RATE: '400', TRAFFIC_USERS: '20' },
+    stdio: ['ignore', 'pipe', 'inherit']
+  })
+  let output = ''
+  traffic.stdout.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  const [code] = await once(traffic, 'exit') as [number]
+  assert.equal(code, 0)
+  const summary = JSON.parse(/sent 40 requests (\{.*\})/.exec(output)?.[1] ?? 'null') as Record<string, number>
+  for (const outcome of Object.keys(summary)) assert.match(outcome, /^(legacy|migrated) 20[01]$/)
+  assert.ok(summary['legacy 200'] !== undefined && summary['migrated 200'] !== undefined, output)
+  assert.equal(Object.values(summary).reduce((a, b) => a + b, 0), 40)
+  // Every order it placed was stored (the legacy table holds them all: the migrated version writes both layouts).
+  const [{ n }] = await db.query('SELECT count(*)::int AS n FROM legacy.orders') as [{ n: number }]
+  assert.equal(n, (summary['legacy 201'] ?? 0) + (summary['migrated 201'] ?? 0))
+  assert.ok(n > 0)
+})

@@ -72,7 +72,7 @@ export const ConfigSchema = Type.Object({
     requests: Enum(LEVELS, 'silent')
   }, { additionalProperties: false, default: {} }),
   guards: Type.Object({
-    signalPollIntervalMs: Millis(2_000, 100),
+    signalPollIntervalMs: Millis(5_000, 100),
     l1: Guard({
       windowMs: Millis(300_000, 1_000),
       errorRate: Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 0.05 }),

@@ -17,6 +17,10 @@ import { createPools, closePools } from './proxy/pools.ts'
 import { createForwarder } from './proxy/forward.ts'
 import { adminRoutes } from './admin/routes.ts'
 import { createGuards, type Guards } from './guards/index.ts'
+import { Heartbeat } from './fleet/heartbeat.ts'
+import { auditHandChanges } from './fleet/hand-changes.ts'
+import { ScheduleRunner, runnerTimings } from './schedule/runner.ts'
+import { ScheduleStore } from './schedule/store.ts'
 
 /** What the outside world provides; tests pass their own, production lets buildApp create them. */
 export interface AppDeps {
@@ -40,6 +44,9 @@ export interface App {
   router: Router
   redis: RedisClient
   guards: Guards
+  heartbeat: Heartbeat
+  schedules: ScheduleStore
+  scheduleRunner: ScheduleRunner
   /** Starts following Redis and listens on both ports (config.listen and config.adminListen). */
   listen: () => Promise<{ proxy: AddressInfo, admin: AddressInfo }>
   /** Stops taking requests, drains those in flight, then closes pools and Redis. */
@@ -84,6 +91,11 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const router = new Router({ strategy: config.rollout.strategy, salt: config.rollout.salt ?? config.rollout.name, anonymous: config.rollout.anonymous })
   const pools = createPools(config)
   const guards = createGuards({ config, instanceId, sync, store, redis, traffic, metrics, log, now })
+  const heartbeat = new Heartbeat({ instanceId, redis, keys, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log })
+  const schedules = new ScheduleStore(redis, keys, now)
+  const scheduleRunner = new ScheduleRunner({ instanceId, store, schedules, redis, initialPercent: config.rollout.initialPercent, ...runnerTimings(config.redis.pollIntervalMs), now, log })
+  sync.on('change', () => { scheduleRunner.kick() }) // a trip aborts the schedule at once
+  const stopHandAudit = auditHandChanges({ sync, store, redis, instanceId, log })
   const forward = createForwarder({
     router,
     keyReader: new UserKeyReader(config.identity.header, config.identity.cookie),
@@ -119,8 +131,11 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     }
   })
 
-  const admin = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 16_384 })
-  await admin.register(adminRoutes, { config, instanceId, sync, store, metrics, registry, traffic, router, redis, guards, now })
+  // An unknown field or a value of the wrong type in an admin body is refused (400), never dropped or converted;
+  // multipleOf is checked with a tolerance so that 33.33 is a multiple of 0.01 despite binary floating point.
+  const adminAjv = { customOptions: { removeAdditional: false, coerceTypes: false, multipleOfPrecision: 6 } } as const
+  const admin = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 16_384, ajv: adminAjv })
+  await admin.register(adminRoutes, { config, instanceId, sync, store, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, now })
 
   let closing: Promise<void> | undefined
   const app: App = {
@@ -136,9 +151,14 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     router,
     redis,
     guards,
+    heartbeat,
+    schedules,
+    scheduleRunner,
     async listen () {
       await sync.start()
       guards.start()
+      heartbeat.start()
+      scheduleRunner.start()
       await proxy.listen(parseHostPort(config.listen))
       await admin.listen(parseHostPort(config.adminListen))
       return { proxy: proxy.server.address() as AddressInfo, admin: admin.server.address() as AddressInfo }
@@ -147,6 +167,9 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
       closing ??= (async () => {
         await Promise.all([proxy.close(), admin.close()])
         await guards.close()
+        await scheduleRunner.close()
+        await heartbeat.close()
+        stopHandAudit()
         await sync.close()
         await closePools(pools)
         if (ownsRedis) {

@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
-import type { FastifyRequest } from 'fastify'
+import type { FastifyRequest, onRequestHookHandler } from 'fastify'
 import { AdminDisabledError, UnauthorizedError } from '../errors.ts'
 
 /**
@@ -14,6 +14,19 @@ export function bearerAuth (token: string | undefined, tokenName: string): (requ
     const match = /^Bearer\s+(\S+)\s*$/i.exec(header)
     if (match === null || !timingSafeEqual(digest(match[1] as string), expected)) throw new UnauthorizedError()
     return `${tokenName}@${request.ip}`
+  }
+}
+
+/**
+ * The same check as an onRequest hook, so that a change is refused before its body is read or validated (a caller
+ * without the token learns nothing about the bodies). `identity(request)` then names the caller.
+ */
+export function requireToken (token: string | undefined, tokenName: string): { hook: onRequestHookHandler, identity: (request: FastifyRequest) => string } {
+  const authenticate = bearerAuth(token, tokenName)
+  const callers = new WeakMap<FastifyRequest, string>()
+  return {
+    hook: async (request) => { callers.set(request, authenticate(request)) },
+    identity: (request) => callers.get(request) ?? authenticate(request)
   }
 }
 

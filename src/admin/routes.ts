@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyError } from 'fastify'
 import type { Registry } from 'prom-client'
 import type { Config } from '../config.ts'
-import { InvalidValueError, RampFrozenError, RedisUnavailableError } from '../errors.ts'
+import { BadRequestError, InvalidValueError, RampFrozenError, RedisUnavailableError } from '../errors.ts'
 import type { Metrics } from '../metrics.ts'
 import { VERSIONS, type Router } from '../routing/decide.ts'
 import { fromByteString, toByteString, MAX_KEY_BYTES } from '../routing/user-key.ts'
@@ -9,8 +9,11 @@ import { isReady, type RedisClient } from '../rollout/redis.ts'
 import type { Actor, RolloutStore } from '../rollout/store.ts'
 import type { RolloutSync } from '../rollout/sync.ts'
 import type { TrafficWindow } from '../traffic/window.ts'
-import { bearerAuth } from './auth.ts'
+import { requireToken } from './auth.ts'
 import type { Guards } from '../guards/index.ts'
+import type { Heartbeat } from '../fleet/heartbeat.ts'
+import type { ScheduleStore } from '../schedule/store.ts'
+import { operationRoutes } from './operations.ts'
 
 export interface AdminOptions {
   config: Config
@@ -23,6 +26,8 @@ export interface AdminOptions {
   router: Router
   redis: RedisClient
   guards: Guards
+  schedules?: ScheduleStore
+  heartbeat?: Heartbeat
   now: () => number
 }
 
@@ -32,7 +37,9 @@ const STATUS_WINDOW_MS = 60_000
 /** Health, metrics, status, `which`, and the authenticated changes (SPEC "Interfaces"). */
 export async function adminRoutes (app: FastifyInstance, options: AdminOptions): Promise<void> {
   const { config, sync, store, registry, traffic, router, redis, now } = options
-  const authenticate = bearerAuth(config.admin.token, config.admin.tokenName)
+  const auth = requireToken(config.admin.token, config.admin.tokenName)
+  const authenticate = auth.identity
+  const change = { onRequest: auth.hook }
   const actor = (by: string): Actor => ({ by, source: 'api' })
 
   app.setErrorHandler((err: FastifyError, _request, reply) => {
@@ -40,6 +47,17 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
     const code = err.validation !== undefined ? 'DBSHIFT_ERR_INVALID_VALUE' : err.code?.startsWith('DBSHIFT_ERR_') === true ? err.code : 'DBSHIFT_ERR_BAD_REQUEST'
     if (status >= 500 && err.code?.startsWith('DBSHIFT_ERR_') !== true) app.log.error({ err }, 'admin request failed')
     reply.code(status).send({ error: status >= 500 && !code.startsWith('DBSHIFT_ERR_') ? 'internal error' : code, message: err.message })
+  })
+
+  // `curl -X POST -H 'content-type: application/json' …/resume` with no body means "no options", not an error.
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
+    if ((body as string).trim() === '') return done(null, undefined)
+    try {
+      done(null, JSON.parse(body as string))
+    } catch (err) {
+      done(new BadRequestError(`the body is not valid JSON (${(err as Error).message})`, { cause: err }), undefined)
+    }
   })
 
   app.get('/healthz', async () => ({ status: 'ok' }))
@@ -82,6 +100,7 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
   })
 
   app.put<{ Body: { percent: number, reason?: string } }>('/rollout', {
+    ...change,
     schema: { body: { type: 'object', required: ['percent'], additionalProperties: false, properties: { percent: { type: 'number', minimum: 0, maximum: 100, multipleOf: 0.01 }, reason: { type: 'string', maxLength: 512 } } } }
   }, async (request) => {
     const by = authenticate(request)
@@ -93,6 +112,7 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
   })
 
   app.post<{ Body: { reason?: string } | undefined }>('/rollback', {
+    ...change,
     schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', maxLength: 512 } } } }
   }, async (request, reply) => {
     const by = authenticate(request)
@@ -104,6 +124,7 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
   })
 
   app.post<{ Body: { reason?: string } | undefined }>('/resume', {
+    ...change,
     schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', maxLength: 512 } } } }
   }, async (request) => {
     const by = authenticate(request)
@@ -112,6 +133,8 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
     await sync.refresh().catch(() => {})
     return { state: 'active', changed: resumed }
   })
+
+  if (options.schedules !== undefined) await operationRoutes(app, { ...options, schedules: options.schedules, change, identity: authenticate })
 }
 
 function round (value: number): number {

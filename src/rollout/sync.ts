@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import type { Logger } from 'pino'
 import { isReady, type RedisClient } from './redis.ts'
-import { dialOf, type InvalidValue, type RolloutStore, type Trip, type Actor } from './store.ts'
+import { dialOf, type InvalidValue, type RolloutStore, type Trip, type Actor, type RawDial } from './store.ts'
 import { initialSnapshot, nextSnapshot, rolledBack, sameSnapshot, type RolloutSnapshot } from './snapshot.ts'
 
 export interface RolloutSyncOptions {
@@ -19,6 +19,8 @@ export interface RolloutSyncEvents {
   change: [next: RolloutSnapshot, previous: RolloutSnapshot]
   invalid: [value: InvalidValue]
   persisted: [trip: Trip]
+  /** The raw percent or state moved since the previous read (by dbshift or by hand: the fleet audits the latter). */
+  dial: [raw: RawDial, previous: RawDial]
 }
 
 /**
@@ -30,6 +32,7 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
   #current: RolloutSnapshot
   #lastSyncAt = 0
   #lastDial: string | undefined
+  #lastRaw: RawDial | undefined
   #lastFullSync = 0
   #pendingRollback: { trip: Trip, actor: Actor } | undefined
   /** Invalid values already reported, so each is logged and counted once, not on every poll. */
@@ -137,7 +140,7 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
       if (this.#pendingRollback === pending) this.#pendingRollback = undefined
       this.emit('persisted', pending.trip)
     }
-    const { record, invalid, dial } = await this.#store.read()
+    const { record, invalid, dial, raw } = await this.#store.read()
     this.#lastSyncAt = this.#now()
     this.#lastFullSync = this.#lastSyncAt
     this.#report(invalid)
@@ -146,7 +149,10 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
       percent: record.percent === undefined && !invalid.some((v) => v.key === k.percent),
       state: record.state === undefined && !invalid.some((v) => v.key === k.state)
     }
+    const previousRaw = this.#lastRaw
     this.#lastDial = dial
+    this.#lastRaw = raw
+    if (previousRaw !== undefined && dialOf(previousRaw.percent, previousRaw.state) !== dial) this.emit('dial', raw, previousRaw)
     let next = nextSnapshot(this.#current, record, missing, this.#options.initialPercent)
     const stillPending = this.#pendingRollback as typeof pending
     if (stillPending !== undefined) next = rolledBack(next, stillPending.trip)

@@ -1,0 +1,119 @@
+import assert from 'node:assert/strict'
+import { test, type TestContext } from 'node:test'
+import { buildApp, type App } from '../src/app.ts'
+import type { Schedule } from '../src/schedule/schedule.ts'
+import { parseSteps } from '../src/schedule/schedule.ts'
+import { captureLogs, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
+
+const MINUTE = 60_000
+const OPERATOR = { by: 'alice', source: 'cli' } as const
+
+/** A dbshift instance whose clock the test moves: bakes of 30 minutes and 48 hours pass at once. */
+async function startClockedApp (t: TestContext, redisUrl: string, instanceId: string): Promise<{ app: App, clock: { now: number } }> {
+  const [legacy, migrated] = await Promise.all([startUpstream(t, 'legacy'), startUpstream(t, 'migrated')])
+  const clock = { now: Date.now() }
+  const app = await buildApp(testConfig(redisUrl, legacy.url, migrated.url, { instanceId }), { log: captureLogs().log, now: () => clock.now })
+  await app.listen()
+  t.after(async () => await app.close())
+  return { app, clock }
+}
+
+/** Polls the schedule in Redis (an external condition) until it matches, with a deadline. */
+async function untilSchedule (app: App, predicate: (s: Schedule) => boolean, timeoutMs = 5_000): Promise<Schedule> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const { schedule } = await app.schedules.read()
+    if (schedule !== undefined && predicate(schedule)) return schedule
+    if (Date.now() > deadline) throw new Error(`the schedule never matched; last: ${JSON.stringify(schedule)}`)
+    await new Promise((resolve) => setTimeout(resolve, 25))
+  }
+}
+
+function steps (args: string[], bake: string): ReturnType<typeof parseSteps> & object[] {
+  const parsed = parseSteps(args, bake)
+  assert.ok(typeof parsed !== 'string', String(parsed))
+  return parsed
+}
+
+test('a ramp advances through every step, each only after its bake (per-step bakes included), and every step is audited', async (t) => {
+  const redis = await startRedis(t)
+  const { app, clock } = await startClockedApp(t, redis.url, 'runner-1')
+  const { result } = await app.schedules.start(steps(['1', '5', '20:48h', '100'], '30m'), OPERATOR)
+  assert.equal(result, 'ok')
+
+  await untilRollout(app, (s) => s.percent === 1)
+  clock.now += 29 * MINUTE
+  await app.scheduleRunner.tick()
+  assert.equal(await redis.client.get('dbshift:{default}:percent'), '1', 'not before the bake has passed')
+
+  clock.now += MINUTE
+  await untilRollout(app, (s) => s.percent === 5)
+  clock.now += 30 * MINUTE
+  await untilRollout(app, (s) => s.percent === 20)
+  clock.now += 47 * 60 * MINUTE
+  await app.scheduleRunner.tick()
+  assert.equal(await redis.client.get('dbshift:{default}:percent'), '20', '20% bakes for 48 hours')
+  clock.now += 60 * MINUTE
+  await untilRollout(app, (s) => s.percent === 100)
+  const done = await untilSchedule(app, (s) => s.status === 'done')
+  assert.equal(done.step, 3)
+
+  const entries = (await app.store.audit(100)).reverse().map((e) => e.fields)
+  assert.deepEqual(entries.filter((f) => f.action === 'set_percent').map((f) => [f.new, f.by, f.source]), [
+    ['1', 'runner-1', 'schedule'], ['5', 'runner-1', 'schedule'], ['20', 'runner-1', 'schedule'], ['100', 'runner-1', 'schedule']
+  ])
+  assert.deepEqual(entries.filter((f) => f.action === 'schedule_step').map((f) => f.reason), [
+    'ramp step 1 of 4', 'ramp step 2 of 4', 'ramp step 3 of 4', 'ramp step 4 of 4 (the last)'
+  ])
+  assert.equal(entries[0]?.action, 'schedule_start')
+  assert.equal(entries[0]?.by, 'alice')
+})
+
+test('a freeze holds the ramp and restarts the bake; a guard trip aborts it and nothing advances afterwards', async (t) => {
+  const redis = await startRedis(t)
+  const { app, clock } = await startClockedApp(t, redis.url, 'runner-1')
+  await app.schedules.start(steps(['1', '5', '20'], '30m'), OPERATOR)
+  await untilRollout(app, (s) => s.percent === 1)
+
+  clock.now += 20 * MINUTE
+  await app.store.freeze('db load 0.91 for 3m', { by: 'guard-host', source: 'guard' })
+  await untilSchedule(app, (s) => s.bakeFrom === null && /frozen by the L2 guard: db load 0.91/.test(s.note))
+  clock.now += 60 * MINUTE
+  await app.scheduleRunner.tick()
+  assert.equal(await redis.client.get('dbshift:{default}:percent'), '1', 'held while frozen')
+
+  await app.store.unfreeze({ by: 'guard-host', source: 'guard' })
+  const restarted = await untilSchedule(app, (s) => s.bakeFrom !== null)
+  assert.equal(restarted.bakeFrom, clock.now, 'the bake starts again when the freeze ends')
+  clock.now += 29 * MINUTE
+  await app.scheduleRunner.tick()
+  assert.equal(await redis.client.get('dbshift:{default}:percent'), '1', 'the time before the freeze does not count')
+  clock.now += MINUTE
+  await untilRollout(app, (s) => s.percent === 5)
+
+  await app.sync.rollbackLocally({ level: 'L1', reason: 'migrated error rate 12% over 5m', at: new Date(clock.now).toISOString(), by: 'guard-host' }, { by: 'guard-host', source: 'guard' })
+  const aborted = await untilSchedule(app, (s) => s.status === 'aborted')
+  assert.equal(aborted.note, 'rolled back (L1: migrated error rate 12% over 5m)')
+  await app.store.resume(OPERATOR)
+  clock.now += 120 * MINUTE
+  await app.scheduleRunner.tick()
+  assert.equal(await redis.client.get('dbshift:{default}:percent'), '5', 'an aborted schedule takes no further step')
+  const actions = (await app.store.audit(100)).map((e) => e.fields.action)
+  assert.ok(actions.includes('schedule_hold') && actions.includes('schedule_abort'), actions.join(' '))
+})
+
+test('a dial moved by hand pauses the schedule; continue goes on from the new dial without moving anyone back', async (t) => {
+  const redis = await startRedis(t)
+  const { app, clock } = await startClockedApp(t, redis.url, 'runner-1')
+  await app.schedules.start(steps(['1', '5', '20', '50'], '30m'), OPERATOR)
+  await untilRollout(app, (s) => s.percent === 1)
+  await app.store.setPercent(25, OPERATOR)
+  const paused = await untilSchedule(app, (s) => s.status === 'paused')
+  assert.match(paused.note, /the dial was moved to 25% outside the schedule \(it had set 1%\)/)
+  await app.schedules.control('continue', OPERATOR, '', 25)
+  await untilSchedule(app, (s) => s.status === 'running' && s.bakeFrom !== null)
+  clock.now += 30 * MINUTE
+  await untilRollout(app, (s) => s.percent === 50)
+  const done = await untilSchedule(app, (s) => s.status === 'done')
+  assert.equal(done.step, 3, '5% and 20% were skipped: they are below the dial')
+})

@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict'
 import { test, type TestContext } from 'node:test'
 import { buildApp, type App } from '../src/app.ts'
-import type { Schedule } from '../src/schedule/schedule.ts'
-import { parseSteps } from '../src/schedule/schedule.ts'
+import { parseSteps, type RampStep, type Schedule } from '../src/schedule/schedule.ts'
 import { captureLogs, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
 
 const MINUTE = 60_000
@@ -29,9 +28,9 @@ async function untilSchedule (app: App, predicate: (s: Schedule) => boolean, tim
   }
 }
 
-function steps (args: string[], bake: string): ReturnType<typeof parseSteps> & object[] {
+function steps (args: string[], bake: string): RampStep[] {
   const parsed = parseSteps(args, bake)
-  assert.ok(typeof parsed !== 'string', String(parsed))
+  if (typeof parsed === 'string') throw new Error(parsed)
   return parsed
 }
 

@@ -15,11 +15,13 @@ RUN npm prune --omit=dev --ignore-scripts --no-audit --no-fund
 FROM node:20-bookworm-slim
 # The admin port (health, metrics) must be reachable from outside the container: probes and Prometheus.
 # Mount your own config at /etc/dbshift/dbshift.yaml, or point DBSHIFT_CONFIG elsewhere.
-ENV NODE_ENV=production DBSHIFT_CONFIG=/etc/dbshift/dbshift.yaml DBSHIFT_ADMIN_LISTEN=0.0.0.0:9901
+# /app/bin on PATH: `docker exec <container> dbshift status` runs the command line with the same config.
+ENV NODE_ENV=production DBSHIFT_CONFIG=/etc/dbshift/dbshift.yaml DBSHIFT_ADMIN_LISTEN=0.0.0.0:9901 PATH=/app/bin:$PATH
 WORKDIR /app
 COPY --from=build /app/package.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
+COPY bin ./bin
 COPY config/dbshift.yaml /etc/dbshift/dbshift.yaml
 USER node
 EXPOSE 8080 9901

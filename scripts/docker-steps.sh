@@ -10,6 +10,7 @@
 #   --worktree   build from the working tree (files git tracks or would track), as `docker build .` does;
 #                the default is a clean `git archive HEAD`, as a CI build would see it
 #   --wait       once healthy, print "ready <pid>" and wait for the process to exit (the caller sends the signal)
+#   --exec CMD   once healthy, run CMD in the container's environment and directory, like `docker exec`
 #   -e N=V       an environment variable for the container, like `docker run -e` (wins over the image's ENV)
 #
 # What it cannot check without an engine: the base image itself, file ownership and the USER switch (the process
@@ -20,11 +21,13 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 worktree=false
 wait_for_exit=false
 declare -a run_env=()
+declare -a exec_cmds=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --worktree) worktree=true ;;
     --wait) wait_for_exit=true ;;
     -e) run_env+=("$2"); shift ;;
+    --exec) exec_cmds+=("$2"); shift ;;
     *) echo "docker-steps: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -185,11 +188,21 @@ if [ -f "$root$cwd/package.json" ]; then
   ') || fail "the final image holds dev dependencies"
 fi
 
-# The container's environment: the image's ENV (absolute paths moved into the stage's directory), then -e.
+# The container's environment: the image's ENV, then -e. $NAME references are expanded (from the image's ENV,
+# else the host's), and each absolute path the stage's filesystem holds is moved into the stage's directory.
 declare -a container_env=()
 for name in "${!env[@]}"; do
   value=${env[$name]}
-  if [[ "$value" == /* ]]; then value="$root$value"; fi
+  while [[ "$value" =~ \$\{?([A-Za-z_][A-Za-z0-9_]*)\}? ]]; do
+    ref=${BASH_REMATCH[1]}
+    replacement=${env[$ref]:-${!ref:-}}
+    value=${value/"${BASH_REMATCH[0]}"/"$replacement"}
+  done
+  IFS=: read -ra parts <<<"$value"
+  for i in "${!parts[@]}"; do
+    if [[ "${parts[$i]}" == /* ]] && [ -e "$root${parts[$i]}" ]; then parts[i]="$root${parts[$i]}"; fi
+  done
+  value=$(IFS=:; printf '%s' "${parts[*]}")
   container_env+=("$name=$value")
 done
 container_env+=("${run_env[@]}")
@@ -207,6 +220,10 @@ until env "${container_env[@]}" "${health[@]}" >/dev/null 2>&1; do
   sleep 0.2
 done
 step "healthy (HEALTHCHECK passed)"
+for command in "${exec_cmds[@]}"; do
+  step "exec: $command"
+  env "${container_env[@]}" sh -c "$command" || fail "exec $command failed"
+done
 
 if $wait_for_exit; then
   echo "ready $pid"

@@ -105,8 +105,9 @@ export class ScheduleRunner {
     const { record } = await store.read()
     const frozen = await redis.get(schedules.keys.freeze)
     const now = this.#o.now()
+    const dial = record.percent ?? this.#o.initialPercent
     const write = async (next: Schedule, action: string, reason: string, percent?: number): Promise<void> => {
-      const result = await schedules.write(raw, next, this.#actor, { action, old: String(schedule.percent ?? ''), new: String(next.percent ?? ''), reason, percent })
+      const result = await schedules.write(raw, next, this.#actor, { action, old: String(schedule.percent ?? dial), new: String(next.percent ?? dial), reason, percent })
       if (result !== 'ok') log.info({ result, action }, 'ramp schedule step deferred')
       else log.info({ action, step: next.step + 1, percent: next.percent, status: next.status, reason }, 'ramp schedule changed')
     }
@@ -117,7 +118,6 @@ export class ScheduleRunner {
       return await write({ ...schedule, status: 'aborted', bakeFrom: null, note }, 'schedule_abort', note)
     }
     if (schedule.status === 'paused') return
-    const dial = record.percent ?? this.#o.initialPercent
     if (schedule.step >= 0 && schedule.percent !== null && dial !== schedule.percent) {
       const note = `the dial was moved to ${dial}% outside the schedule (it had set ${schedule.percent}%): "dbshift ramp continue" goes on from ${dial}%, "dbshift ramp abort" stops`
       return await write({ ...schedule, status: 'paused', bakeFrom: null, note }, 'schedule_pause', note)

@@ -17,7 +17,8 @@ export const ERROR_CODES = [
   'DBSHIFT_ERR_REDIS_UNAVAILABLE',
   'DBSHIFT_ERR_RAMP_FROZEN',
   'DBSHIFT_ERR_INVALID_VALUE',
-  'DBSHIFT_ERR_CONFLICT'
+  'DBSHIFT_ERR_CONFLICT',
+  'DBSHIFT_ERR_WORKERS_UNAVAILABLE'
 ] as const
 
 export type ErrorCode = typeof ERROR_CODES[number]
@@ -63,3 +64,7 @@ export const InvalidValueError = createError<'DBSHIFT_ERR_INVALID_VALUE', 400, [
 
 /** A change that does not fit the rollout's state: a ramp while one is active, or while rolled back. */
 export const ConflictError = createError<'DBSHIFT_ERR_CONFLICT', 409, [string, Cause?]>('DBSHIFT_ERR_CONFLICT', '%s', 409)
+
+/** With `workers` > 1: no worker could answer an admin request relayed by the primary. */
+export const WorkersUnavailableError = createError<'DBSHIFT_ERR_WORKERS_UNAVAILABLE', 503, [string, Cause?]>(
+  'DBSHIFT_ERR_WORKERS_UNAVAILABLE', 'no worker could answer: %s', 503)

@@ -2,6 +2,7 @@ import type { AddressInfo } from 'node:net'
 import closeWithGrace from 'close-with-grace'
 import { pino } from 'pino'
 import { buildApp, type App } from './app.ts'
+import { startWorkersOr } from './cluster.ts'
 import { loadConfig, type Config } from './config.ts'
 
 /** Starts dbshift from the config file and the environment; exits 2 on a bad configuration. */
@@ -28,4 +29,5 @@ export async function main (overrides?: (config: Config) => void): Promise<{ app
   return { app, proxy, admin }
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) await main()
+// With `workers` > 1 this process becomes the primary of that many workers, each of which runs main().
+if (import.meta.url === `file://${process.argv[1]}`) await startWorkersOr(main)

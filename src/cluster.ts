@@ -1,0 +1,209 @@
+import cluster, { type Worker } from 'node:cluster'
+import { once } from 'node:events'
+import { createServer, request, type IncomingMessage, type ServerResponse } from 'node:http'
+import { createServer as createNetServer, type AddressInfo } from 'node:net'
+import { hostname } from 'node:os'
+import closeWithGrace from 'close-with-grace'
+import { pino, type Logger } from 'pino'
+import { AggregatorRegistry, type PrometheusContentType } from 'prom-client'
+import type { App } from './app.ts'
+import { loadConfig, parseHostPort, type Config } from './config.ts'
+import { WorkersUnavailableError } from './errors.ts'
+
+/** The admin address the primary gives each worker (the public admin port belongs to the primary). */
+const WORKER_ADMIN_ENV = 'DBSHIFT_WORKER_ADMIN_LISTEN'
+/** A worker that dies is started again after this pause, so a crash loop cannot spin the CPU. */
+const RESPAWN_DELAY_MS = 1_000
+
+type Main = (overrides?: (config: Config) => void) => Promise<{ app: App }>
+
+/**
+ * Runs dbshift in one process, or, with `workers` > 1, as a primary and that many workers sharing the proxy port
+ * (node:cluster). Each worker is a whole dbshift with its own Redis connections, rollout snapshot and pools, and
+ * counts into the fleet-wide traffic slots in Redis, so the L1 guard of every worker judges the sum. The primary
+ * serves the admin port: /metrics adds up the workers' registries (prom-client's AggregatorRegistry); anything else
+ * goes to one worker, and a rollback that could not be written to Redis to every worker (it must apply at once).
+ */
+export async function startWorkersOr (main: Main): Promise<void> {
+  if (cluster.isWorker) return await runWorker(main)
+  let config: Config | undefined
+  try {
+    config = loadConfig()
+  } catch {} // main() reports it and exits 2
+  if (config === undefined || config.workers <= 1) {
+    await main()
+    return
+  }
+  await runPrimary(config)
+}
+
+async function runWorker (main: Main): Promise<void> {
+  const { app } = await main((config) => {
+    const admin = process.env[WORKER_ADMIN_ENV]
+    if (admin !== undefined) config.adminListen = admin
+    config.instanceId = `${config.instanceId ?? hostname()}:${process.pid}`
+  })
+  // Constructing one installs prom-client's answer to the primary's "send me your metrics" messages.
+  new AggregatorRegistry() // eslint-disable-line no-new
+  AggregatorRegistry.setRegistries([app.registry])
+}
+
+interface WorkerSlot {
+  worker: Worker | undefined
+  adminPort: number
+}
+
+async function runPrimary (config: Config): Promise<void> {
+  const log = pino({ level: config.log.level, name: 'dbshift' }).child({ role: 'primary' })
+  const aggregator = new AggregatorRegistry<PrometheusContentType>()
+  const slots: WorkerSlot[] = []
+  let stopping = false
+
+  const fork = (slot: WorkerSlot): Worker => {
+    const worker = cluster.fork({ [WORKER_ADMIN_ENV]: `127.0.0.1:${slot.adminPort}` })
+    slot.worker = worker
+    worker.once('exit', (code, signal) => {
+      if (slot.worker === worker) slot.worker = undefined
+      if (stopping) return
+      log.error({ pid: worker.process.pid, code, signal }, 'a worker died; starting another')
+      setTimeout(() => { if (!stopping) fork(slot) }, RESPAWN_DELAY_MS).unref()
+    })
+    return worker
+  }
+
+  for (let i = 0; i < config.workers; i++) slots.push({ worker: undefined, adminPort: await freeLoopbackPort() })
+  try {
+    await Promise.all(slots.map(async (slot) => { await ready(fork(slot)) }))
+  } catch (err) {
+    stopping = true
+    log.fatal({ err }, 'a worker could not start; stopping')
+    for (const { worker } of slots) worker?.process.kill('SIGTERM')
+    process.exit(1)
+  }
+
+  const admin = createServer((req, res) => { adminRequest(req, res, slots, aggregator, log) })
+  const address = parseHostPort(config.adminListen)
+  admin.listen(address.port, address.host)
+  await once(admin, 'listening')
+  log.info({ workers: config.workers, proxy: config.listen, admin: addressOf(admin.address() as AddressInfo) }, 'dbshift is listening')
+
+  closeWithGrace({ delay: config.server.shutdownGraceMs + 5_000 }, async ({ signal, err }) => {
+    stopping = true
+    if (err !== undefined) log.error({ err }, 'shutting down after an error')
+    else log.info({ signal }, 'shutting down: draining the workers')
+    admin.closeAllConnections()
+    admin.close()
+    await Promise.all(slots.map(async ({ worker }) => {
+      if (worker === undefined || worker.isDead()) return
+      const exited = once(worker, 'exit')
+      worker.process.kill('SIGTERM')
+      await exited
+    }))
+  })
+}
+
+/** Resolves once a worker listens on both its ports; rejects when it exits first. */
+async function ready (worker: Worker): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    let listening = 0
+    const onListening = (): void => {
+      if (++listening < 2) return
+      worker.off('exit', onExit)
+      resolve()
+    }
+    const onExit = (code: number | null): void => {
+      worker.off('listening', onListening)
+      reject(new Error(`worker ${String(worker.process.pid)} exited with ${String(code)} before listening`))
+    }
+    worker.on('listening', onListening)
+    worker.once('exit', onExit)
+  })
+}
+
+/** One request to the primary's admin port. */
+function adminRequest (req: IncomingMessage, res: ServerResponse, slots: WorkerSlot[], aggregator: AggregatorRegistry<PrometheusContentType>, log: Logger): void {
+  const live = slots.filter((slot) => slot.worker !== undefined && !slot.worker.isDead())
+  if (req.method === 'GET' && req.url?.split('?')[0] === '/metrics') {
+    aggregator.clusterMetrics().then((text) => {
+      res.writeHead(200, { 'content-type': aggregator.contentType })
+      res.end(text)
+    }, (err: Error) => {
+      log.error({ err }, 'collecting the workers\' metrics failed')
+      sendError(res, new WorkersUnavailableError(err.message, { cause: err }))
+    })
+    return
+  }
+  if (live.length === 0) return sendError(res, new WorkersUnavailableError('none is running'))
+  const isRollback = req.method === 'POST' && req.url?.split('?')[0] === '/rollback'
+  const chunks: Buffer[] = []
+  req.on('data', (chunk: Buffer) => chunks.push(chunk))
+  req.on('end', () => {
+    const body = Buffer.concat(chunks)
+    const answer = (async () => {
+      const [first, ...others] = live as [WorkerSlot, ...WorkerSlot[]]
+      const reply = await relay(req, body, first.adminPort)
+      // A rollback that reached Redis reaches the other workers through it within milliseconds; one that did not
+      // (Redis away) must still apply to every worker at once, so each is told directly.
+      if (isRollback && reply.status < 300 && !persisted(reply.body)) {
+        await Promise.all(others.map(async (slot) => await relay(req, body, slot.adminPort).catch(() => undefined)))
+      }
+      return reply
+    })()
+    answer.then((reply) => {
+      res.writeHead(reply.status, reply.headers)
+      res.end(reply.body)
+    }, (err: Error) => {
+      sendError(res, new WorkersUnavailableError(err.message, { cause: err }))
+    })
+  })
+}
+
+/** Whether a worker's rollback answer says Redis has it (`"persisted": true`). */
+function persisted (body: Buffer): boolean {
+  try {
+    return (JSON.parse(body.toString()) as { persisted?: unknown }).persisted === true
+  } catch {
+    return false
+  }
+}
+
+/** Sends one admin request to a worker's private admin port and reads the whole answer. */
+async function relay (req: IncomingMessage, body: Buffer, port: number): Promise<{ status: number, headers: IncomingMessage['headers'], body: Buffer }> {
+  const headers = { ...req.headers, 'content-length': String(body.length) }
+  delete headers['transfer-encoding']
+  delete headers.connection
+  return await new Promise((resolve, reject) => {
+    const out = request({ host: '127.0.0.1', port, method: req.method, path: req.url, headers, timeout: 10_000 }, (answer) => {
+      const chunks: Buffer[] = []
+      answer.on('data', (chunk: Buffer) => chunks.push(chunk))
+      answer.on('end', () => {
+        const { connection: _c, 'transfer-encoding': _t, ...rest } = answer.headers
+        resolve({ status: answer.statusCode ?? 502, headers: rest, body: Buffer.concat(chunks) })
+      })
+      answer.on('error', reject)
+    })
+    out.on('timeout', () => out.destroy(new Error('the worker did not answer in time')))
+    out.on('error', reject)
+    out.end(body)
+  })
+}
+
+function sendError (res: ServerResponse, error: InstanceType<typeof WorkersUnavailableError>): void {
+  const text = JSON.stringify({ error: error.code, message: error.message })
+  res.writeHead(error.statusCode ?? 503, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) })
+  res.end(text)
+}
+
+async function freeLoopbackPort (): Promise<number> {
+  const server = createNetServer()
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as AddressInfo
+  server.close()
+  await once(server, 'close')
+  return port
+}
+
+function addressOf (address: AddressInfo): string {
+  return `${address.address}:${address.port}`
+}

@@ -104,12 +104,12 @@ test('which: version, bucket and why with the salt of the config file; allow and
   const redis = await startRedis(t)
   const env = { REDIS_URL: redis.url, DBSHIFT_CONFIG: configFile('rollout:\n  salt: checkout-v2\n'), DBSHIFT_OPERATOR: 'bob' }
   await redis.client.set('dbshift:{default}:percent', '40')
-  const [alice, user42, allow, deny] = await Promise.all([
+  const [alice, user42, allow] = await Promise.all([
     dbshift(env, 'which', 'alice', '--json'),
     dbshift(env, '--rollout', 'default', 'which', 'user-42'),
-    dbshift(env, 'allow', 'add', 'carol', '--json'),
-    dbshift(env, 'deny', 'add', 'alice')
+    dbshift(env, 'allow', 'add', 'carol', '--json')
   ])
+  const deny = await dbshift(env, 'deny', 'add', 'alice')
   // alice is in bucket 3564 with salt checkout-v2 (README): migrated at 40%.
   assert.deepEqual(alice.json(), { user: 'alice', version: 'migrated', why: 'bucket', bucket: 3564, threshold: 4000, percent: 40, state: 'active', strategy: 'hash', salt: 'checkout-v2' })
   assert.match(user42.stdout, /^user-42 → (legacy|migrated): bucket \d+ (<|>=) 4000 \(= 40% × 100\)\n$/)

@@ -21,6 +21,7 @@ import { Heartbeat } from './fleet/heartbeat.ts'
 import { auditHandChanges } from './fleet/hand-changes.ts'
 import { ScheduleRunner, runnerTimings } from './schedule/runner.ts'
 import { ScheduleStore } from './schedule/store.ts'
+import { restartBakeOnDryRun } from './schedule/alarms.ts'
 
 /** What the outside world provides; tests pass their own, production lets buildApp create them. */
 export interface AppDeps {
@@ -96,6 +97,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const scheduleRunner = new ScheduleRunner({ instanceId, store, schedules, redis, initialPercent: config.rollout.initialPercent, ...runnerTimings(config.redis.pollIntervalMs), now, log })
   sync.on('change', () => { scheduleRunner.kick() }) // a trip aborts the schedule at once
   const stopHandAudit = auditHandChanges({ sync, store, redis, instanceId, log })
+  const stopDryRunHold = restartBakeOnDryRun(guards.events, schedules, instanceId, log)
   const forward = createForwarder({
     router,
     keyReader: new UserKeyReader(config.identity.header, config.identity.cookie),
@@ -170,6 +172,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
         await scheduleRunner.close()
         await heartbeat.close()
         stopHandAudit()
+        stopDryRunHold()
         await sync.close()
         await closePools(pools)
         if (ownsRedis) {

@@ -116,3 +116,23 @@ test('a dial moved by hand pauses the schedule; continue goes on from the new di
   const done = await untilSchedule(app, (s) => s.status === 'done')
   assert.equal(done.step, 3, '5% and 20% were skipped: they are below the dial')
 })
+
+test('a guard in dry-run mode that would have tripped restarts the bake: the step waits for a whole healthy bake', async (t) => {
+  const redis = await startRedis(t)
+  const { app, clock } = await startClockedApp(t, redis.url, 'runner-1')
+  await app.schedules.start(steps(['1', '5'], '30m'), OPERATOR)
+  await untilRollout(app, (s) => s.percent === 1)
+
+  clock.now += 25 * MINUTE
+  const alarmAt = clock.now
+  app.guards.events.emit('dryRun', 'L1', 'migrated error rate 7% over 5m')
+  app.guards.events.emit('dryRun', 'L1', 'migrated error rate 7% over 5m')
+  await untilSchedule(app, (s) => s.bakeFrom === alarmAt)
+  clock.now += 10 * MINUTE
+  await app.scheduleRunner.tick()
+  assert.equal(await redis.client.get('dbshift:{default}:percent'), '1', '35 minutes into the step, but only 10 since the alarm')
+  clock.now += 20 * MINUTE
+  await untilRollout(app, (s) => s.percent === 5)
+  const holds = (await app.store.audit(50)).filter((e) => e.fields.action === 'schedule_hold')
+  assert.deepEqual(holds.map((e) => [e.fields.source, e.fields.reason]), [['guard', 'bake restarted: L1 dry-run alarm: migrated error rate 7% over 5m']], 'a repeated alarm is audited once')
+})

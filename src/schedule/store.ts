@@ -18,13 +18,14 @@ if ARGV[3] ~= '' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'at', ARGV[6], 'action', 'set_percent', 'old', old or '', 'new', ARGV[3], 'by', ARGV[7], 'source', ARGV[8], 'reason', ARGV[10])
 end
 if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end
+if ARGV[9] == '' then return 'ok' end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'at', ARGV[6], 'action', ARGV[9], 'old', ARGV[11], 'new', ARGV[12], 'by', ARGV[7], 'source', ARGV[8], 'reason', ARGV[10])
 redis.call('PUBLISH', ARGV[4], cjson.encode({action = ARGV[9], value = ARGV[12], by = ARGV[7], source = ARGV[8], at = ARGV[6]}))
 return 'ok'
 `
 
 export interface ScheduleChange {
-  /** Audit action, e.g. schedule_start, schedule_step, schedule_pause. */
+  /** Audit action, e.g. schedule_start, schedule_step, schedule_pause; '' writes no entry and no event. */
   action: string
   old?: string
   new?: string
@@ -69,6 +70,21 @@ export class ScheduleStore {
     if (isActive(current)) return { result: 'conflict', schedule: current }
     const result = await this.write(raw, schedule, actor, { action: 'schedule_start', new: describePlan(steps) })
     return { result, schedule }
+  }
+
+  /**
+   * A guard in dry-run mode would have tripped: the bake of the step in force was not healthy, so it starts again
+   * now. Only the first alarm of a bake is audited, so that an alarm repeated every second does not flood the trail.
+   */
+  async restartBake (why: string, actor: Actor): Promise<boolean> {
+    const { schedule, raw } = await this.read()
+    if (schedule?.status !== 'running' || schedule.step < 0 || schedule.bakeFrom === null) return false
+    const note = `bake restarted: ${why}`
+    const first = schedule.note !== note
+    const result = await this.write(raw, { ...schedule, bakeFrom: this.#now(), note }, actor, {
+      action: first ? 'schedule_hold' : '', old: String(schedule.percent ?? ''), new: String(schedule.percent ?? ''), reason: note
+    })
+    return result === 'ok'
   }
 
   /** Pauses, continues or aborts the active schedule. Undefined when there is none to change. */

@@ -65,12 +65,16 @@ export function createForwarder (deps: ForwarderDeps): (req: IncomingMessage, re
   const logRequests = deps.requestLogLevel !== 'silent'
 
   return function forward (req, res) {
+    if (refusedConnections.has(req.socket)) return // pipelined behind a refused request: the connection is closing
     if (deps.maxInFlight > 0 && inFlight >= deps.maxInFlight) {
       return sendError(res, new OverloadedError(), undefined, { 'retry-after': '1' })
     }
     if ((req.url?.length ?? 0) > deps.maxUrlBytes) return sendError(res, new UriTooLongError(), undefined, { connection: 'close' })
     const problem = requestProblem(req)
-    if (problem !== undefined) return sendError(res, new BadRequestError(problem), undefined, { connection: 'close' })
+    if (problem !== undefined) {
+      refusedConnections.add(req.socket)
+      return sendError(res, new BadRequestError(problem), undefined, { connection: 'close' })
+    }
 
     const key = deps.keyReader.read(req.headers)
     const decision = deps.router.decide(deps.rollout(), key)
@@ -86,6 +90,9 @@ export function createForwarder (deps: ForwarderDeps): (req: IncomingMessage, re
     exchange.send()
   }
 }
+
+/** Connections that sent a request we refused as malformed: nothing pipelined behind it is forwarded. */
+const refusedConnections = new WeakSet<object>()
 
 /** Why a request must not be forwarded at all, or undefined. Node accepts two Host headers; we do not. */
 function requestProblem (req: IncomingMessage): string | undefined {

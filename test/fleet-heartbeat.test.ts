@@ -5,12 +5,17 @@ import { getAs, startProxy, startRedis, startUpstream, testConfig, untilRollout,
 import type { FleetMember } from '../src/fleet/fleet.ts'
 
 async function dbshiftJson (env: NodeJS.ProcessEnv, ...args: string[]): Promise<Record<string, unknown>> {
+  const { code, json } = await dbshiftRun(env, ...args)
+  assert.equal(code, 0)
+  return json
+}
+
+async function dbshiftRun (env: NodeJS.ProcessEnv, ...args: string[]): Promise<{ code: unknown, json: Record<string, unknown> }> {
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args, '--json'], { env: { ...process.env, DBSHIFT_CONFIG: '/dev/null', ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
   let stdout = ''
   child.stdout.on('data', (chunk: Buffer) => { stdout += chunk.toString() })
   const code = await new Promise((resolve) => child.once('close', resolve))
-  assert.equal(code, 0)
-  return JSON.parse(stdout) as Record<string, unknown>
+  return { code, json: JSON.parse(stdout) as Record<string, unknown> }
 }
 
 /** Polls the fleet view (heartbeats written by other instances) until it matches, with a deadline. */
@@ -34,6 +39,9 @@ test('every instance reports what it applies; status lists them and flags the on
   await Promise.all([a, b, c].map(async (p) => await untilRollout(p.app, (s) => s.percent === 20)))
   for (const user of ['alice', 'bob', 'carol', 'dave']) await getAs(a.url, user)
 
+  const confirmed = await dbshiftJson({ REDIS_URL: redis.url }, 'set', '20', '--wait', '--reason', 'same dial, confirmed')
+  assert.deepEqual(confirmed.fleet, { confirmed: true, instances: 3, behind: [] })
+
   const fleet = await untilFleet(a.adminUrl, (m) => m.length === 3 && m.every((x) => x.percent === 20) && m[0]?.traffic.legacy.rps === 0.3)
   assert.deepEqual(fleet.map((m) => [m.id, m.percent, m.state, m.behind]), [['pod-a', 20, 'active', null], ['pod-b', 20, 'active', null], ['pod-c', 20, 'active', null]])
   // alice (bucket 698) is migrated at 20%; bob, carol and dave are not: 1 + 3 requests over the 10 s window.
@@ -41,8 +49,10 @@ test('every instance reports what it applies; status lists them and flags the on
 
   // pod-c stops following Redis (its sync is stuck) but keeps beating: after the next turn of the dial it lags.
   await c.app.sync.close()
-  const set = await dbshiftJson({ REDIS_URL: redis.url }, 'set', '50')
-  assert.equal(set.percent, 50)
+  const set = await dbshiftRun({ REDIS_URL: redis.url }, 'set', '50', '--wait', '1s')
+  assert.equal(set.code, 4, 'set --wait exits 4 when an instance does not confirm in time')
+  assert.equal(set.json.percent, 50)
+  assert.deepEqual(set.json.fleet, { confirmed: false, instances: 3, behind: [{ id: 'pod-c', behind: 'applies 20%, Redis has 50%' }] })
   await untilFleet(a.adminUrl, (m) => m.filter((x) => x.percent === 50).length === 2)
   const status = await dbshiftJson({ REDIS_URL: redis.url }, 'status')
   const { instances, behind } = status.fleet as { instances: FleetMember[], behind: number }

@@ -1,6 +1,21 @@
 import { InvalidValueError, RampFrozenError } from '../errors.ts'
 import { parsePercent, PERCENT_RULE } from '../rollout/values.ts'
 import type { CliContext } from './context.ts'
+import { confirmationText, waitForFleet } from './wait.ts'
+
+/**
+ * Prints the outcome of a change; with `waitMs`, first waits for every instance to apply it and adds that to the
+ * output. Resolves to false when some instance did not confirm in time.
+ */
+async function report (ctx: CliContext, human: string, json: Record<string, unknown>, waitMs: number | undefined): Promise<boolean> {
+  if (waitMs === undefined) {
+    ctx.print(human, json)
+    return true
+  }
+  const fleet = await waitForFleet(ctx, waitMs)
+  ctx.print(`${human}\n${confirmationText(fleet, waitMs)}`, { ...json, fleet })
+  return fleet.confirmed
+}
 
 /** Validates `set <percent>` before anything connects: bad input exits 2 with the rule. */
 export function parsePercentArg (text: string): number {
@@ -10,25 +25,25 @@ export function parsePercentArg (text: string): number {
 }
 
 /** `dbshift set <percent>`: turns the dial. A raise is refused while the L2 guard freezes the ramp. */
-export async function set (ctx: CliContext, percent: number, reason: string): Promise<void> {
+export async function set (ctx: CliContext, percent: number, reason: string, waitMs?: number): Promise<boolean> {
   const result = await ctx.store.setPercent(percent, ctx.actor, reason)
   if (!result.applied) throw new RampFrozenError(`${result.frozenBecause || 'the L2 guard froze it'}; lowering the percentage still works`)
   const state = await ctx.redis.get(ctx.keys.state)
   const previous = result.old === '' ? null : result.old
   const note = state === 'rolled_back' ? '\nnote: the rollout is rolled back, so everyone stays on legacy until "dbshift resume"' : ''
-  ctx.print(`percent ${previous ?? '(unset)'} → ${percent}${note}`, { percent, previous, state: state ?? 'active' })
+  return await report(ctx, `percent ${previous ?? '(unset)'} → ${percent}${note}`, { percent, previous, state: state ?? 'active' }, waitMs)
 }
 
 /** `dbshift rollback [--reason]`: everyone to legacy, fleet-wide. */
-export async function rollback (ctx: CliContext, reason: string): Promise<void> {
+export async function rollback (ctx: CliContext, reason: string, waitMs?: number): Promise<boolean> {
   const trip = { level: 'manual', reason: reason === '' ? 'rolled back with the dbshift command' : reason, at: new Date().toISOString(), by: ctx.actor.by }
   const changed = await ctx.store.rollback(trip, ctx.actor)
-  ctx.print(changed ? `rolled back: everyone goes to legacy (${trip.reason})` : 'already rolled back: nothing changed', { state: 'rolled_back', changed })
+  return await report(ctx, changed ? `rolled back: everyone goes to legacy (${trip.reason})` : 'already rolled back: nothing changed', { state: 'rolled_back', changed }, waitMs)
 }
 
 /** `dbshift resume`: re-arms the rollout after a rollback (it follows the percentage again). */
-export async function resume (ctx: CliContext, reason: string): Promise<void> {
+export async function resume (ctx: CliContext, reason: string, waitMs?: number): Promise<boolean> {
   const changed = await ctx.store.resume(ctx.actor, reason)
   const percent = await ctx.redis.get(ctx.keys.percent)
-  ctx.print(changed ? `resumed: the rollout follows the percentage again (${percent ?? ctx.config.rollout.initialPercent}%)` : 'not rolled back: nothing changed', { state: 'active', changed })
+  return await report(ctx, changed ? `resumed: the rollout follows the percentage again (${percent ?? ctx.config.rollout.initialPercent}%)` : 'not rolled back: nothing changed', { state: 'active', changed }, waitMs)
 }

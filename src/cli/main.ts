@@ -13,7 +13,7 @@ import { watch } from './watch.ts'
 import { checkUser, which } from './which.ts'
 
 /** Exit statuses: documented in the README ("The dbshift command"). */
-export const EXIT = { ok: 0, failed: 1, badInput: 2, refused: 3 } as const
+export const EXIT = { ok: 0, failed: 1, badInput: 2, refused: 3, unconfirmed: 4 } as const
 
 const EXIT_BY_CODE: Record<string, number> = {
   DBSHIFT_ERR_INVALID_VALUE: EXIT.badInput,
@@ -50,20 +50,39 @@ export async function run (argv: string[]): Promise<number> {
   program.command('status').description('percentage, state, trip, freeze, ramp, last change, and every instance (flagging those behind)')
     .action(async () => { await withContext(status) })
 
+  const WAIT_HELP = 'then wait (default 5s) until every instance reports that it applies the change; exit 4 if not'
+  const waitOf = (wait: string | boolean | undefined): number | undefined => {
+    if (wait === undefined || wait === false) return undefined
+    const ms = wait === true ? 5_000 : parseDuration(wait)
+    if (ms === undefined || ms < 100 || ms > 600_000) throw new InvalidValueError(`--wait "${String(wait)}" must be a duration from 100ms to 10m, e.g. --wait 10s`)
+    return ms
+  }
+  const confirmed = (ok: boolean): void => { if (!ok) exit = EXIT.unconfirmed }
+
   program.command('set').argument('<percent>', '0 to 100, at most two decimals').description('set the rollout percentage')
     .option('--reason <text>', 'why, for the audit trail', '')
-    .action(async (text: string, opts: { reason: string }) => {
+    .option('--wait [duration]', WAIT_HELP)
+    .action(async (text: string, opts: { reason: string, wait?: string | boolean }) => {
       const percent = parsePercentArg(text)
-      await withContext(async (ctx) => { await set(ctx, percent, opts.reason) })
+      const waitMs = waitOf(opts.wait)
+      await withContext(async (ctx) => { confirmed(await set(ctx, percent, opts.reason, waitMs)) })
     })
 
   program.command('rollback').description('send everyone to legacy, fleet-wide, now')
     .option('--reason <text>', 'why, for the trip and the audit trail', '')
-    .action(async (opts: { reason: string }) => { await withContext(async (ctx) => { await rollback(ctx, opts.reason) }) })
+    .option('--wait [duration]', WAIT_HELP)
+    .action(async (opts: { reason: string, wait?: string | boolean }) => {
+      const waitMs = waitOf(opts.wait)
+      await withContext(async (ctx) => { confirmed(await rollback(ctx, opts.reason, waitMs)) })
+    })
 
   program.command('resume').description('re-arm the rollout after a rollback: it follows the percentage again')
     .option('--reason <text>', 'why, for the audit trail', '')
-    .action(async (opts: { reason: string }) => { await withContext(async (ctx) => { await resume(ctx, opts.reason) }) })
+    .option('--wait [duration]', WAIT_HELP)
+    .action(async (opts: { reason: string, wait?: string | boolean }) => {
+      const waitMs = waitOf(opts.wait)
+      await withContext(async (ctx) => { confirmed(await resume(ctx, opts.reason, waitMs)) })
+    })
 
   program.command('which').argument('<user>', 'the user key (as in the X-User-ID header)').description('which version a user gets, the bucket and why')
     .action(async (user: string) => {

@@ -6,7 +6,7 @@ import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { startSplitClientsNginx, startUpstreamNginx } from './lib/nginx.ts'
 import { cpuSecondsOf, freePort, rssOf, startProcess, waitForHttp, type Started } from './lib/processes.ts'
-import { migratedShare, startBenchRedis, startDbshift } from './lib/services.ts'
+import { buildDbshift, migratedShare, startBenchRedis, startDbshift } from './lib/services.ts'
 import { median, spread } from './lib/stats.ts'
 import { runWrk, type WrkResult } from './lib/wrk.ts'
 
@@ -71,6 +71,7 @@ export async function runProxyBench (options: ProxyBenchOptions): Promise<ProxyB
   const dir = mkdtempSync(join(tmpdir(), 'dbshift-bench-'))
   const cleanups: Array<() => Promise<void>> = []
   const skip = new Set(options.skip ?? [])
+  buildDbshift()
   try {
     const upstreamPorts = { legacy: await freePort(), migrated: await freePort() }
     const upstream = startUpstreamNginx(join(dir, 'upstream'), cpus.load, upstreamPorts)
@@ -97,7 +98,7 @@ export async function runProxyBench (options: ProxyBenchOptions): Promise<ProxyB
     }
     {
       const port = await freePort()
-      const baseline = startProcess('@fastify/http-proxy', cpus.proxy, process.execPath, ['--import', 'tsx', 'test/bench/targets/fastify-http-proxy.ts'], {
+      const baseline = startProcess('@fastify/http-proxy', cpus.proxy, process.execPath, ['test/bench/targets/fastify-http-proxy.js'], {
         env: { ...process.env, PORT: String(port), UPSTREAM: legacy }
       })
       cleanups.push(baseline.stop)

@@ -64,7 +64,7 @@ function render (result: ProxyBenchResult, micro: RoutingBenchResult): string {
     '',
     `- Medians of ${result.options.rounds} interleaved rounds (every target once per round, in turn): full load ${result.options.seconds} s with wrk, 1 thread, ${result.options.connections} connections; then paced ${result.options.pacedSeconds} s, 24 connections each pausing 4 ms between requests (about 5k req/s).`,
     `- Every request carries a new \`X-User-ID\` (\`user-<n>\`, never repeated in a run). ${result.pinning}.`,
-    '- Upstream: nginx, one process, answering a fixed 300-byte JSON body on two ports (legacy, migrated). nginx split_clients: one process, 20% on the user ID (murmur2: a different 20% than dbshift\'s), keep-alive to both. Baseline: `@fastify/http-proxy` with its defaults, logger off. dbshift: `src/main.ts` from a YAML file, own Redis, `percent` 20, default metrics, guards and limits, log level warn.',
+    '- Upstream: nginx, one process, answering a fixed 300-byte JSON body on two ports (legacy, migrated). nginx split_clients: one process, 20% on the user ID (murmur2: a different 20% than dbshift\'s), keep-alive to both. Baseline: `@fastify/http-proxy` with its defaults, logger off. dbshift: `node dist/main.js` (built by `npm run build`, as `npm start` runs it) from a YAML file, own Redis, `percent` 20, default metrics, guards and limits, log level warn.',
     '- RSS: the highest sample (every 0.5 s) during a full-load round, median over rounds. CPU per request: user + system time of the proxy process during a full-load round ÷ requests. Spread: (max − min) ÷ median of req/s over rounds, a measure of machine noise.',
     '',
     '## Machine',

@@ -29,16 +29,29 @@ function prepare (dir: string, conf: string): string {
   return file
 }
 
-/** The upstream: two servers (legacy and migrated) that answer the same fixed JSON body. */
-export function startUpstreamNginx (dir: string, cpus: string | undefined, ports: { legacy: number, migrated: number }): Started {
-  const server = (port: number, version: string): string => `
+/** The upstream: two servers (legacy and migrated) that answer the same fixed JSON body (migrated: `migratedStatus`). */
+export function startUpstreamNginx (dir: string, cpus: string | undefined, ports: { legacy: number, migrated: number }, migratedStatus = 200): Started {
+  const server = (port: number, version: string, status: number): string => `
   server {
     listen 127.0.0.1:${port} reuseport backlog=4096;
-    location / { default_type application/json; add_header x-served-by ${version}; return 200 '${UPSTREAM_BODY}'; }
+    location / { default_type application/json; add_header x-served-by ${version} always; return ${status} '${UPSTREAM_BODY}'; }
   }`
-  const conf = `${COMMON}http {${HTTP_COMMON}${server(ports.legacy, 'legacy')}${server(ports.migrated, 'migrated')}\n}\n`
+  const conf = `${COMMON}http {${HTTP_COMMON}${server(ports.legacy, 'legacy', 200)}${server(ports.migrated, 'migrated', migratedStatus)}\n}\n`
   const file = prepare(dir, conf)
   return startProcess('upstream nginx', cpus, 'nginx', ['-p', dir, '-c', file])
+}
+
+/** A round-robin load balancer over many proxies, so one wrk spreads its requests over all of them. */
+export function startBalancerNginx (dir: string, cpus: string | undefined, port: number, members: string[]): Started {
+  const conf = `${COMMON}http {${HTTP_COMMON}
+  upstream fleet { ${members.map((m) => `server ${m};`).join(' ')} keepalive 256; }
+  server {
+    listen 127.0.0.1:${port} backlog=4096;
+    location / { proxy_pass http://fleet; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-User-ID $http_x_user_id; }
+  }
+}
+`
+  return startProcess('balancer nginx', cpus, 'nginx', ['-p', dir, '-c', prepare(dir, conf)])
 }
 
 /** nginx doing dbshift's job the nginx way: split_clients on the user ID, keep-alive pools to both versions. */

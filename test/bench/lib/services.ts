@@ -1,4 +1,5 @@
-import { writeFileSync } from 'node:fs'
+import { spawnSync } from 'node:child_process'
+import { existsSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import { freePort, startProcess, waitForHttp, type Started } from './processes.ts'
@@ -29,7 +30,14 @@ export interface DbshiftProcess extends Started {
   adminUrl: string
 }
 
-/** dbshift from its entry file, configured by a YAML file as deployed, pinned when cpus is given. */
+/** Compiles dbshift to dist/ (`npm run build`), so that the benchmark runs what `npm start` runs. */
+export function buildDbshift (): void {
+  const run = spawnSync('npm', ['run', '--silent', 'build'], { encoding: 'utf8' })
+  if (!existsSync('dist/main.js')) throw new Error(`npm run build produced no dist/main.js: ${run.stdout}${run.stderr}`)
+  if (run.status !== 0) process.stderr.write(`npm run build reported errors (dist/ was still written):\n${run.stdout}${run.stderr}\n`)
+}
+
+/** dbshift from its built entry file (as `npm start` runs it), configured by a YAML file, pinned when cpus is given. */
 export async function startDbshift (dir: string, cpus: string | undefined, options: { redisUrl: string, legacy: string, migrated: string, workers?: number, extra?: string }): Promise<DbshiftProcess> {
   const port = await freePort()
   const adminPort = await freePort()
@@ -43,7 +51,7 @@ export async function startDbshift (dir: string, cpus: string | undefined, optio
     'log: { level: warn }',
     options.extra ?? ''
   ].join('\n'))
-  const started = startProcess('dbshift', cpus, process.execPath, ['--import', 'tsx', 'src/main.ts'], { env: { ...process.env, DBSHIFT_CONFIG: file } })
+  const started = startProcess('dbshift', cpus, process.execPath, ['dist/main.js'], { env: { ...process.env, DBSHIFT_CONFIG: file } })
   const adminUrl = `http://127.0.0.1:${adminPort}`
   await waitForHttp(`${adminUrl}/readyz`, started)
   await waitForHttp(`http://127.0.0.1:${port}/`, started)

@@ -73,7 +73,7 @@ export async function operationRoutes (app: FastifyInstance, options: OperationO
         type: 'object',
         required: ['steps'],
         additionalProperties: false,
-        properties: { steps: { type: 'array', minItems: 1, maxItems: 100, items: { type: ['number', 'string'] } }, bake: { type: 'string', maxLength: 32 } }
+        properties: { steps: { type: 'array', minItems: 1, maxItems: 100, items: { anyOf: [{ type: 'number' }, { type: 'string', maxLength: 32 }] } }, bake: { type: 'string', maxLength: 32 } }
       }
     }
   }, async (request, reply) => {

@@ -192,6 +192,8 @@ function proxyServer (config: Config, handler: Parameters<typeof createServer>[1
     maxHeaderSize: config.server.maxHeaderBytes,
     requestTimeout: config.server.requestTimeoutMs,
     headersTimeout: config.server.headersTimeoutMs,
+    // Node checks both timeouts only this often (30 s by default), which would let a slow client stay 30 s longer.
+    connectionsCheckingInterval: Math.min(1_000, config.server.headersTimeoutMs),
     keepAliveTimeout: config.server.keepAliveTimeoutMs,
     // Two Content-Length values, CL with TE and other ambiguous framing are refused by Node's parser (not lenient).
     insecureHTTPParser: false

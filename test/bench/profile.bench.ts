@@ -1,0 +1,70 @@
+// `node --import tsx test/bench/profile.bench.ts`: dbshift under full load with --cpu-prof, then the frames that
+// took the most CPU (self time), to see where a request's time goes. PROFILE_SECONDS (10).
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { availableParallelism, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { startUpstreamNginx } from './lib/nginx.ts'
+import { freePort, startProcess, waitForHttp } from './lib/processes.ts'
+import { buildDbshift, startBenchRedis } from './lib/services.ts'
+import { table } from './lib/stats.ts'
+import { runWrk } from './lib/wrk.ts'
+
+interface ProfileNode {
+  id: number
+  callFrame: { functionName: string, url: string, lineNumber: number }
+  hitCount?: number
+  children?: number[]
+}
+
+/** Self time per function (name and file), as a share of all samples, highest first. */
+export function topFrames (profile: { nodes: ProfileNode[] }, count = 20): Array<{ frame: string, share: number }> {
+  const byFrame = new Map<string, number>()
+  let total = 0
+  for (const node of profile.nodes) {
+    const hits = node.hitCount ?? 0
+    total += hits
+    const { functionName, url, lineNumber } = node.callFrame
+    const file = url.replace(/^.*node_modules\//, '').replace(/^file:\/\/.*\/dist\//, 'dbshift/').replace(/^node:/, 'node:')
+    const frame = `${functionName === '' ? '(anonymous)' : functionName} ${file === '' ? '' : `${file}:${lineNumber + 1}`}`.trim()
+    byFrame.set(frame, (byFrame.get(frame) ?? 0) + hits)
+  }
+  return [...byFrame.entries()].sort((a, b) => b[1] - a[1]).slice(0, count).map(([frame, hits]) => ({ frame, share: hits / Math.max(total, 1) }))
+}
+
+async function main (): Promise<void> {
+  const seconds = Number(process.env.PROFILE_SECONDS ?? 10)
+  const pin = availableParallelism() >= 2
+  const proxyCpu = pin ? '0' : undefined
+  const loadCpu = pin ? String(availableParallelism() - 1) : undefined
+  const dir = mkdtempSync(join(tmpdir(), 'dbshift-profile-'))
+  buildDbshift()
+  const ports = { legacy: await freePort(), migrated: await freePort() }
+  const upstream = startUpstreamNginx(join(dir, 'upstream'), loadCpu, ports)
+  const redis = await startBenchRedis(loadCpu)
+  try {
+    await waitForHttp(`http://127.0.0.1:${ports.legacy}/`, upstream)
+    await redis.client.set('dbshift:{default}:percent', '20')
+    const port = await freePort()
+    const adminPort = await freePort()
+    const config = join(dir, 'dbshift.yaml')
+    writeFileSync(config, `listen: 127.0.0.1:${port}\nadminListen: 127.0.0.1:${adminPort}\npools: { legacy: ['http://127.0.0.1:${ports.legacy}'], migrated: ['http://127.0.0.1:${ports.migrated}'] }\nredis: { url: '${redis.url}' }\nlog: { level: warn }\n`)
+    const profiles = join(dir, 'profiles')
+    const dbshift = startProcess('dbshift', proxyCpu, process.execPath, ['--cpu-prof', '--cpu-prof-dir', profiles, 'dist/main.js'], { env: { ...process.env, DBSHIFT_CONFIG: config } })
+    await waitForHttp(`http://127.0.0.1:${port}/`, dbshift)
+    await runWrk(`http://127.0.0.1:${port}`, { seconds: 3, connections: 64, cpus: loadCpu, userOffset: 1e8 })
+    const result = await runWrk(`http://127.0.0.1:${port}`, { seconds, connections: 64, cpus: loadCpu })
+    await dbshift.stop() // SIGTERM: a clean exit writes the profile
+    const file = readdirSync(profiles).find((f) => f.endsWith('.cpuprofile'))
+    if (file === undefined) throw new Error(`no profile written: ${dbshift.output()}`)
+    const frames = topFrames(JSON.parse(readFileSync(join(profiles, file), 'utf8')) as { nodes: ProfileNode[] })
+    process.stdout.write(`dbshift under full load: ${Math.round(result.requestsPerSecond)} req/s (profiling slows it down)\n\n`)
+    process.stdout.write(`${table(['self time', 'frame'], frames.map((f) => [`${(f.share * 100).toFixed(1)}%`, `\`${f.frame}\``]))}\n`)
+  } finally {
+    redis.client.disconnect()
+    await redis.server.stop()
+    await upstream.stop()
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) await main()

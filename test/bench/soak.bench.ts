@@ -1,0 +1,53 @@
+// `node --import tsx test/bench/soak.bench.ts`: dbshift under full load for SOAK_SECONDS (600), a new X-User-ID on
+// every request (millions of distinct users), RSS and heap sampled every SOAK_SAMPLE_SECONDS (30): memory must stay
+// flat, since nothing on the request path keeps per-user state.
+import { mkdtempSync, rmSync } from 'node:fs'
+import { availableParallelism, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { startUpstreamNginx } from './lib/nginx.ts'
+import { freePort, rssOf, waitForHttp } from './lib/processes.ts'
+import { buildDbshift, startBenchRedis, startDbshift } from './lib/services.ts'
+import { fmt, table } from './lib/stats.ts'
+import { runWrk } from './lib/wrk.ts'
+
+const total = Number(process.env.SOAK_SECONDS ?? 600)
+const step = Number(process.env.SOAK_SAMPLE_SECONDS ?? 30)
+
+async function heapUsed (adminUrl: string): Promise<number> {
+  const text = await (await fetch(`${adminUrl}/metrics`)).text()
+  return Number(/^nodejs_heap_size_used_bytes (\S+)/m.exec(text)?.[1] ?? Number.NaN)
+}
+
+async function main (): Promise<void> {
+  const pin = availableParallelism() >= 2
+  const proxyCpu = pin ? '0' : undefined
+  const loadCpu = pin ? String(availableParallelism() - 1) : undefined
+  const dir = mkdtempSync(join(tmpdir(), 'dbshift-soak-'))
+  buildDbshift()
+  const ports = { legacy: await freePort(), migrated: await freePort() }
+  const upstream = startUpstreamNginx(join(dir, 'upstream'), loadCpu, ports)
+  const redis = await startBenchRedis(loadCpu)
+  try {
+    await waitForHttp(`http://127.0.0.1:${ports.legacy}/`, upstream)
+    await redis.client.set('dbshift:{default}:percent', '20')
+    const dbshift = await startDbshift(dir, proxyCpu, { redisUrl: redis.url, legacy: `http://127.0.0.1:${ports.legacy}`, migrated: `http://127.0.0.1:${ports.migrated}` })
+    const pid = dbshift.child.pid as number
+    const rows: string[][] = []
+    let users = 0
+    for (let elapsed = step; elapsed <= total; elapsed += step) {
+      const result = await runWrk(dbshift.url, { seconds: step, connections: 64, cpus: loadCpu, userOffset: users })
+      users += result.requests + 1
+      rows.push([`${elapsed} s`, fmt.int(users), fmt.int(result.requestsPerSecond), fmt.mib(rssOf(pid)), fmt.mib(await heapUsed(dbshift.adminUrl)), String(result.non2xx + result.socketErrors)])
+      process.stderr.write(`${rows.at(-1)?.join('  ') ?? ''}\n`)
+    }
+    await dbshift.stop()
+    process.stdout.write(`\n${table(['elapsed', 'distinct users so far', 'req/s', 'RSS', 'heap used', 'errors'], rows)}\n`)
+  } finally {
+    redis.client.disconnect()
+    await redis.server.stop()
+    await upstream.stop()
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+await main()

@@ -117,7 +117,15 @@ for line in "${instructions[@]}"; do
     ENV)
       for pair in $rest; do
         [[ "$pair" == *=* ]] || fail "ENV $rest: only the NAME=VALUE form is supported"
-        env[${pair%%=*}]=${pair#*=}
+        # $NAME refers to the value before this instruction: the stage's ENV so far, else the host's (the base image).
+        value=${pair#*=}
+        expanded=
+        while [[ "$value" =~ ^([^$]*)\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?(.*)$ ]]; do
+          ref=${BASH_REMATCH[2]}
+          expanded+="${BASH_REMATCH[1]}${env[$ref]:-${!ref:-}}"
+          value=${BASH_REMATCH[3]}
+        done
+        env[${pair%%=*}]=$expanded$value
       done
       ;;
     COPY)
@@ -188,16 +196,11 @@ if [ -f "$root$cwd/package.json" ]; then
   ') || fail "the final image holds dev dependencies"
 fi
 
-# The container's environment: the image's ENV, then -e. $NAME references are expanded (from the image's ENV,
-# else the host's), and each absolute path the stage's filesystem holds is moved into the stage's directory.
+# The container's environment: the image's ENV, then -e. Each absolute path the stage's filesystem holds is moved
+# into the stage's directory.
 declare -a container_env=()
 for name in "${!env[@]}"; do
   value=${env[$name]}
-  while [[ "$value" =~ \$\{?([A-Za-z_][A-Za-z0-9_]*)\}? ]]; do
-    ref=${BASH_REMATCH[1]}
-    replacement=${env[$ref]:-${!ref:-}}
-    value=${value/"${BASH_REMATCH[0]}"/"$replacement"}
-  done
   IFS=: read -ra parts <<<"$value"
   for i in "${!parts[@]}"; do
     if [[ "${parts[$i]}" == /* ]] && [ -e "$root${parts[$i]}" ]; then parts[i]="$root${parts[$i]}"; fi

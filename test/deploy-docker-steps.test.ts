@@ -31,7 +31,7 @@ test('the image built by the Dockerfile\'s steps becomes healthy, serves, and dr
     DBSHIFT_LEGACY: legacy.url,
     DBSHIFT_MIGRATED: migrated.url
   }
-  const args = [SCRIPT, '--wait', ...Object.entries(env).flatMap(([name, value]) => ['-e', `${name}=${value}`])]
+  const args = [SCRIPT, '--wait', '--exec', 'dbshift set 20 --reason "from the image" && dbshift which alice', ...Object.entries(env).flatMap(([name, value]) => ['-e', `${name}=${value}`])]
   const script = spawn('bash', args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true })
   let output = ''
   script.stderr.on('data', (chunk: Buffer) => { output += chunk.toString() })
@@ -52,6 +52,9 @@ test('the image built by the Dockerfile\'s steps becomes healthy, serves, and dr
   })
   assert.match(output, /no dev dependencies in the final image/)
   assert.match(output, /user node, ports 8080 9901, stop signal SIGTERM/)
+  // The dbshift command is on the image's PATH and reads the same configuration as the proxy.
+  assert.equal(await redis.client.get('dbshift:{default}:percent'), '20')
+  assert.match(output, /alice[^\n]*migrated/)
 
   // The admin port answers what the probes and Prometheus ask for.
   const admin = `http://127.0.0.1:${adminPort}`
@@ -59,7 +62,7 @@ test('the image built by the Dockerfile\'s steps becomes healthy, serves, and dr
   assert.match(await (await fetch(`${admin}/metrics`)).text(), /^dbshift_rollout_percent /m)
 
   // A request is in flight on the legacy pool when the container is stopped; it still completes.
-  const inFlight = request(`http://127.0.0.1:${proxyPort}/orders`, { agent: false, headers: { 'x-user-id': 'alice' } })
+  const inFlight = request(`http://127.0.0.1:${proxyPort}/orders`, { agent: false, headers: { 'x-user-id': 'bob' } })
   inFlight.end()
   const [[res]] = await Promise.all([once(inFlight, 'response') as Promise<[IncomingMessage]>, requestArrived.then(() => {
     process.kill(pid, 'SIGTERM')

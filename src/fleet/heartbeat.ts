@@ -23,18 +23,23 @@ export interface InstanceBeat {
 /** The window the reported rates cover. */
 export const RATE_WINDOW_MS = 10_000
 
-// Writes this instance's beat, drops the beats that expired (their instance is gone), and keeps the whole hash
-// expiring so that a fleet that stopped leaves nothing behind.
+// Writes this instance's beat, sometimes drops the beats that expired (their instance is gone; readers skip them
+// anyway), and keeps the whole hash expiring so that a fleet that stopped leaves nothing behind.
 const BEAT = `
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  local ok, beat = pcall(cjson.decode, all[i + 1])
-  if not ok or type(beat) ~= 'table' or (tonumber(beat.expiresAt) or 0) < tonumber(ARGV[3]) then redis.call('HDEL', KEYS[1], all[i]) end
+if ARGV[5] == '1' then
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    local ok, beat = pcall(cjson.decode, all[i + 1])
+    if not ok or type(beat) ~= 'table' or (tonumber(beat.expiresAt) or 0) < tonumber(ARGV[3]) then redis.call('HDEL', KEYS[1], all[i]) end
+  end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 `
+
+/** One beat in this many also prunes the expired ones: a large fleet does not decode the whole hash every beat. */
+const PRUNE_EVERY = 10
 
 export interface HeartbeatOptions {
   instanceId: string
@@ -57,6 +62,7 @@ export class Heartbeat {
   #timer: NodeJS.Timeout | undefined
   #soon: NodeJS.Timeout | undefined
   #closed = false
+  #beats = 0
   readonly #onChange = (): void => {
     this.#soon ??= setTimeout(() => {
       this.#soon = undefined
@@ -97,7 +103,8 @@ export class Heartbeat {
     const { redis, keys, intervalMs } = this.#o
     if (this.#closed || !isReady(redis)) return
     const beat = this.current()
-    await redis.eval(BEAT, 1, keys.instances, beat.id, JSON.stringify(beat), beat.at, intervalMs * 3)
+    const prune = this.#beats++ % PRUNE_EVERY === 0 ? '1' : '0'
+    await redis.eval(BEAT, 1, keys.instances, beat.id, JSON.stringify(beat), beat.at, intervalMs * 3, prune)
   }
 
   /** Leaves the fleet view at once on a graceful stop. */

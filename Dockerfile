@@ -10,6 +10,9 @@ RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 RUN npm run build
+# The package's `dbshift` command under the name npm would link it as.
+COPY bin ./bin
+RUN ln -s dbshift.js bin/dbshift
 RUN npm prune --omit=dev --ignore-scripts --no-audit --no-fund
 
 FROM node:20-bookworm-slim
@@ -21,7 +24,7 @@ WORKDIR /app
 COPY --from=build /app/package.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
-COPY bin ./bin
+COPY --from=build /app/bin ./bin
 COPY config/dbshift.yaml /etc/dbshift/dbshift.yaml
 USER node
 EXPOSE 8080 9901

@@ -31,6 +31,24 @@ export function topFrames (profile: { nodes: ProfileNode[] }, count = 20): Array
   return [...byFrame.entries()].sort((a, b) => b[1] - a[1]).slice(0, count).map(([frame, hits]) => ({ frame, share: hits / Math.max(total, 1) }))
 }
 
+/** Share of self time spent in each group of files: dbshift's own, fastify, undici, Node's http/net/streams, idle. */
+export function groups (profile: { nodes: ProfileNode[] }): Array<{ group: string, share: number }> {
+  const byGroup = new Map<string, number>()
+  let total = 0
+  for (const node of profile.nodes) {
+    const hits = node.hitCount ?? 0
+    total += hits
+    const { url, functionName } = node.callFrame
+    const group = url.includes('/dist/')
+      ? 'dbshift (dist/)'
+      : /node_modules\/(fastify|find-my-way|light-my-request|avvio)\//.test(url)
+        ? 'fastify'
+        : url.includes('node_modules/undici/') ? 'undici' : url.includes('node_modules/') ? 'other packages' : url.startsWith('node:') ? 'Node.js (JavaScript)' : functionName.startsWith('(') ? functionName : 'native (writev, string encoding, …)'
+    byGroup.set(group, (byGroup.get(group) ?? 0) + hits)
+  }
+  return [...byGroup.entries()].sort((a, b) => b[1] - a[1]).map(([group, hits]) => ({ group, share: hits / Math.max(total, 1) }))
+}
+
 async function main (): Promise<void> {
   const seconds = Number(process.env.PROFILE_SECONDS ?? 10)
   const pin = availableParallelism() >= 2
@@ -56,9 +74,11 @@ async function main (): Promise<void> {
     await dbshift.stop() // SIGTERM: a clean exit writes the profile
     const file = readdirSync(profiles).find((f) => f.endsWith('.cpuprofile'))
     if (file === undefined) throw new Error(`no profile written: ${dbshift.output()}`)
-    const frames = topFrames(JSON.parse(readFileSync(join(profiles, file), 'utf8')) as { nodes: ProfileNode[] })
+    const profile = JSON.parse(readFileSync(join(profiles, file), 'utf8')) as { nodes: ProfileNode[] }
+    const frames = topFrames(profile)
     process.stdout.write(`dbshift under full load: ${Math.round(result.requestsPerSecond)} req/s (profiling slows it down)\n\n`)
     process.stdout.write(`${table(['self time', 'frame'], frames.map((f) => [`${(f.share * 100).toFixed(1)}%`, `\`${f.frame}\``]))}\n`)
+    process.stdout.write(`\n${table(['self time', 'where'], groups(profile).map((g) => [`${(g.share * 100).toFixed(1)}%`, g.group]))}\n`)
   } finally {
     redis.client.disconnect()
     await redis.server.stop()

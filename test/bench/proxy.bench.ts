@@ -71,6 +71,10 @@ export async function runProxyBench (options: ProxyBenchOptions): Promise<ProxyB
   const dir = mkdtempSync(join(tmpdir(), 'dbshift-bench-'))
   const cleanups: Array<() => Promise<void>> = []
   const skip = new Set(options.skip ?? [])
+  // Ctrl-C or SIGTERM: stop every process the run started before leaving.
+  const interrupted = (): void => { Promise.all(cleanups.map(async (c) => await c().catch(() => {}))).finally(() => process.exit(130)) }
+  process.once('SIGINT', interrupted)
+  process.once('SIGTERM', interrupted)
   buildDbshift()
   try {
     const upstreamPorts = { legacy: await freePort(), migrated: await freePort() }
@@ -172,6 +176,8 @@ export async function runProxyBench (options: ProxyBenchOptions): Promise<ProxyB
       })
     }
   } finally {
+    process.off('SIGINT', interrupted)
+    process.off('SIGTERM', interrupted)
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {})
     rmSync(dir, { recursive: true, force: true })
   }

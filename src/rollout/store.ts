@@ -44,6 +44,9 @@ export interface AuditEntry {
   fields: Record<string, string>
 }
 
+/** The value reported for a key of the wrong Redis type (a string where a set belongs, …). */
+export const WRONG_TYPE = '(a value of the wrong Redis type)'
+
 /** Audit stream length; older entries are trimmed (approximately, which is cheap). */
 export const AUDIT_MAX_LENGTH = 10_000
 
@@ -129,7 +132,7 @@ export class RolloutStore {
       const [err, result] = results?.[index] ?? [new Error('no reply'), null]
       if (err === null) return result
       if (/WRONGTYPE/.test(err.message)) {
-        invalid.push({ key, value: '(a value of the wrong Redis type)', rule: 'see the README for each key\'s type' })
+        invalid.push({ key, value: WRONG_TYPE, rule: 'see the README for each key\'s type' })
         return null
       }
       throw err

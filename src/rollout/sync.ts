@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events'
 import type { Logger } from 'pino'
 import { isReady, type RedisClient } from './redis.ts'
-import { dialOf, type InvalidValue, type RolloutStore, type Trip, type Actor, type RawDial } from './store.ts'
+import { dialOf, WRONG_TYPE, type InvalidValue, type RolloutStore, type Trip, type Actor, type RawDial } from './store.ts'
 import { initialSnapshot, nextSnapshot, rolledBack, sameSnapshot, type RolloutSnapshot } from './snapshot.ts'
 
 export interface RolloutSyncOptions {
@@ -153,6 +153,10 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
     this.#lastDial = dial
     this.#lastRaw = raw
     if (previousRaw !== undefined && dialOf(previousRaw.percent, previousRaw.state) !== dial) this.emit('dial', raw, previousRaw)
+    // A set key of the wrong type is garbage, not an empty set: keep the last valid members.
+    const wrongType = (key: string): boolean => invalid.some((v) => v.key === key && v.value === WRONG_TYPE)
+    if (wrongType(k.allow)) record.allow = [...this.#current.allow]
+    if (wrongType(k.deny)) record.deny = [...this.#current.deny]
     let next = nextSnapshot(this.#current, record, missing, this.#options.initialPercent)
     const stillPending = this.#pendingRollback as typeof pending
     if (stillPending !== undefined) next = rolledBack(next, stillPending.trip)

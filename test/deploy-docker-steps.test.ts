@@ -11,7 +11,7 @@ import { freePort, startRedis, startUpstream } from './helpers.ts'
 // prune to production dependencies, the final stage's ENV and CMD, the HEALTHCHECK, the STOPSIGNAL).
 const SCRIPT = fileURLToPath(new URL('../scripts/docker-steps.sh', import.meta.url))
 
-test('the image built by the Dockerfile\'s steps becomes healthy, serves, and drains an in-flight request on SIGTERM', { timeout: 180_000 }, async (t) => {
+test('the image built by the Dockerfile\'s steps becomes healthy, serves, and drains an in-flight request on SIGTERM', { timeout: 120_000 }, async (t) => {
   const redis = await startRedis(t)
   let held: ServerResponse | undefined
   let arrived: () => void = () => {}

@@ -56,6 +56,9 @@ test('every service has an image or a build context with a Dockerfile, and depen
     assert.ok(service.image !== undefined || service.build !== undefined, `${name}: no image and no build`)
     const context = buildContext(service)
     if (context !== undefined) assert.ok(existsSync(join(ROOT, context, 'Dockerfile')), `${name}: no Dockerfile in ${context}`)
+    // A command that runs a script of the image's own: the script is in the build context the image copies.
+    const script = service.command?.[0] === 'node' ? service.command[1] : undefined
+    if (script !== undefined && context !== undefined) assert.ok(existsSync(join(ROOT, context, script)), `${name}: ${script} is not in ${context}`)
     const dependencies = Array.isArray(service.depends_on) ? service.depends_on : Object.keys(service.depends_on ?? {})
     for (const dependency of dependencies) assert.ok(dependency in services, `${name} depends on an unknown service ${dependency}`)
     for (const [variable, value] of Object.entries(service.environment ?? {})) assert.equal(typeof value, 'string', `${name}: ${variable} must be a string`)

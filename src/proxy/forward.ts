@@ -202,8 +202,11 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   /** Another attempt is safe: idempotent, no body to replay, and the upstream never saw the request (or a keep-alive socket closed under it). */
   #retryable (beforeSend: boolean): boolean {
-    if (this.#attempt > this.#deps.retries || this.#hasBody || !IDEMPOTENT.has(this.#req.method ?? '')) return false
-    return beforeSend || this.#attempt === 1
+    const retries = this.#deps.retries
+    if (retries === 0 || this.#hasBody || !IDEMPOTENT.has(this.#req.method ?? '')) return false
+    // A refused connection reached nobody, and the balancer may pick a dead member twice: allow one try per member.
+    if (beforeSend) return this.#attempt <= Math.max(retries, this.#pool.members.length)
+    return this.#attempt === 1
   }
 
   #record (isError: boolean): void {

@@ -76,9 +76,19 @@ async function main (): Promise<void> {
     if (file === undefined) throw new Error(`no profile written: ${dbshift.output()}`)
     const profile = JSON.parse(readFileSync(join(profiles, file), 'utf8')) as { nodes: ProfileNode[] }
     const frames = topFrames(profile)
-    process.stdout.write(`dbshift under full load: ${Math.round(result.requestsPerSecond)} req/s (profiling slows it down)\n\n`)
-    process.stdout.write(`${table(['self time', 'frame'], frames.map((f) => [`${(f.share * 100).toFixed(1)}%`, `\`${f.frame}\``]))}\n`)
-    process.stdout.write(`\n${table(['self time', 'where'], groups(profile).map((g) => [`${(g.share * 100).toFixed(1)}%`, g.group]))}\n`)
+    const report = [
+      `# dbshift CPU profile under full load, ${new Date().toISOString()}`,
+      '',
+      `${seconds} s of wrk (1 thread, 64 connections, new X-User-ID per request) against dbshift pinned to one core with \`--cpu-prof\`: ${Math.round(result.requestsPerSecond)} req/s (profiling slows it down). Self time over the whole process life.`,
+      '',
+      table(['self time', 'where'], groups(profile).map((g) => [`${(g.share * 100).toFixed(1)}%`, g.group])),
+      '',
+      table(['self time', 'frame'], frames.map((f) => [`${(f.share * 100).toFixed(1)}%`, `\`${f.frame}\``]))
+    ].join('\n')
+    process.stdout.write(`${report}\n`)
+    const out = `test/bench/results/profile-${new Date().toISOString().replace(/[:]/g, '').replace(/\..*/, '')}.md`
+    writeFileSync(out, report)
+    process.stdout.write(`written to ${out}\n`)
   } finally {
     redis.client.disconnect()
     await redis.server.stop()

@@ -5,6 +5,16 @@ import { test } from 'node:test'
 import { freePort, startProxy, startRedis, startUpstream, testConfig, untilRollout, type TestProxy } from './helpers.ts'
 import { promtool } from './prometheus/promtool.ts'
 
+/**
+ * The test's own Redis, emptied: redis-server loads a dump.rdb left in its working directory (the repository)
+ * by another process, and this test counts on an empty one.
+ */
+async function freshRedis (t: Parameters<typeof startRedis>[0]): Promise<Awaited<ReturnType<typeof startRedis>>> {
+  const redis = await startRedis(t)
+  await redis.client.flushall()
+  return redis
+}
+
 interface Sample { name: string, labels: Record<string, string>, value: number }
 
 /** The samples of a Prometheus text exposition. */
@@ -47,7 +57,7 @@ async function scrapeUntil (proxy: TestProxy, predicate: (samples: Sample[]) => 
 }
 
 test('real traffic to both versions: requests, codes and latencies per version match what clients saw, and promtool accepts the output', async (t) => {
-  const redis = await startRedis(t)
+  const redis = await freshRedis(t)
   const legacy = await startUpstream(t, 'legacy', (req, res) => {
     res.writeHead(req.url === '/missing' ? 404 : 200, { 'content-type': 'text/plain' })
     res.end('legacy')
@@ -107,7 +117,7 @@ test('real traffic to both versions: requests, codes and latencies per version m
 })
 
 test('upstream failures are labelled with the version and the reason: refused, reset, timeout', async (t) => {
-  const redis = await startRedis(t)
+  const redis = await freshRedis(t)
   const legacy = await startUpstream(t, 'legacy', (req, res) => {
     if (req.url === '/reset') return req.socket.destroy() // the connection dies before any answer
     if (req.url === '/hang') return // never answers
@@ -141,7 +151,7 @@ test('upstream failures are labelled with the version and the reason: refused, r
 })
 
 test('a client that hangs up in the middle of an answer is not counted as an upstream error', async (t) => {
-  const redis = await startRedis(t)
+  const redis = await freshRedis(t)
   let upstreamSocketClosed: Promise<void> | undefined
   const legacy = await startUpstream(t, 'legacy', (req, res) => {
     upstreamSocketClosed = new Promise((resolve) => req.socket.once('close', () => resolve()))
@@ -172,7 +182,7 @@ test('a client that hangs up in the middle of an answer is not counted as an ups
 })
 
 test('the gauges follow Redis: percentage, rollback, invalid values (counted once each), Redis lost and back', async (t) => {
-  const redis = await startRedis(t)
+  const redis = await freshRedis(t)
   const legacy = await startUpstream(t, 'legacy')
   const migrated = await startUpstream(t, 'migrated')
   const token = 'a-test-admin-token-0123456789'
@@ -219,14 +229,27 @@ test('the gauges follow Redis: percentage, rollback, invalid values (counted onc
   assert.equal(value(samples, 'dbshift_guard_trips_total', { level: 'manual' }), 1)
   assert.equal(value(samples, 'dbshift_guard_trips_total', { level: 'L1' }), 0)
 
+  // Redis stopped once the instance has written about the rollback (no write cut in half), and the instance
+  // closed only once it listens to rollout events again.
+  await until(async () => (await redis.client.hget('dbshift:{default}:instances', app.instanceId) ?? '').includes('rolled_back'), 'the heartbeat')
   await redis.stop()
   await scrapeUntil(proxy, (s) => value(s, 'dbshift_redis_up') === 0, 'dbshift_redis_up 0 after Redis stopped')
   await redis.start()
   await scrapeUntil(proxy, (s) => value(s, 'dbshift_redis_up') === 1, 'dbshift_redis_up 1 after Redis came back')
+  await until(async () => (await redis.client.pubsub('NUMSUB', 'dbshift:{default}:events'))[1] === 1, 'the re-subscription')
 })
 
+/** Polls Redis until `check` holds, failing after a deadline. */
+async function until (check: () => Promise<boolean>, what: string, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!await check()) {
+    if (Date.now() > deadline) assert.fail(`${what} never showed up in Redis`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
 test('label values stay bounded whatever clients send and whatever status upstreams invent', async (t) => {
-  const redis = await startRedis(t)
+  const redis = await freshRedis(t)
   const legacy = await startUpstream(t, 'legacy', (req, res) => {
     const status = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('status') ?? 200)
     res.writeHead(status)

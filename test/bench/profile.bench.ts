@@ -17,12 +17,13 @@ interface ProfileNode {
 }
 
 /** Self time per function (name and file), as a share of all samples, highest first. */
-export function topFrames (profile: { nodes: ProfileNode[] }, count = 20): Array<{ frame: string, share: number }> {
+export function topFrames (profile: { nodes: ProfileNode[] }, count = 20, only?: (url: string) => boolean): Array<{ frame: string, share: number }> {
   const byFrame = new Map<string, number>()
   let total = 0
   for (const node of profile.nodes) {
     const hits = node.hitCount ?? 0
     total += hits
+    if (only !== undefined && !only(node.callFrame.url)) continue
     const { functionName, url, lineNumber } = node.callFrame
     const file = url.replace(/^.*node_modules\//, '').replace(/^file:\/\/.*\/dist\//, 'dbshift/').replace(/^node:/, 'node:')
     const frame = `${functionName === '' ? '(anonymous)' : functionName} ${file === '' ? '' : `${file}:${lineNumber + 1}`}`.trim()
@@ -39,7 +40,7 @@ export function groups (profile: { nodes: ProfileNode[] }): Array<{ group: strin
     const hits = node.hitCount ?? 0
     total += hits
     const { url, functionName } = node.callFrame
-    const group = url.includes('/dist/')
+    const group = url.includes('/dist/') && !url.includes('node_modules')
       ? 'dbshift (dist/)'
       : /node_modules\/(fastify|find-my-way|light-my-request|avvio)\//.test(url)
         ? 'fastify'
@@ -83,7 +84,11 @@ async function main (): Promise<void> {
       '',
       table(['self time', 'where'], groups(profile).map((g) => [`${(g.share * 100).toFixed(1)}%`, g.group])),
       '',
-      table(['self time', 'frame'], frames.map((f) => [`${(f.share * 100).toFixed(1)}%`, `\`${f.frame}\``]))
+      table(['self time', 'frame'], frames.map((f) => [`${(f.share * 100).toFixed(1)}%`, `\`${f.frame}\``])),
+      '',
+      'dbshift\'s own frames:',
+      '',
+      table(['self time', 'frame'], topFrames(profile, 12, (url) => url.includes('/dist/') && !url.includes('node_modules')).map((f) => [`${(f.share * 100).toFixed(1)}%`, `\`${f.frame}\``]))
     ].join('\n')
     process.stdout.write(`${report}\n`)
     const out = `test/bench/results/profile-${new Date().toISOString().replace(/[:]/g, '').replace(/\..*/, '')}.md`

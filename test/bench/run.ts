@@ -47,6 +47,7 @@ function render (result: ProxyBenchResult, micro: RoutingBenchResult): string {
     `${fmt.int(t.pacedRate)}: ${fmt.ms(t.pacedP50Ms)} / ${fmt.ms(t.pacedP99Ms)}`,
     fmt.mib(t.rss),
     Number.isFinite(t.cpuUs) ? `${t.cpuUs.toFixed(1)} µs` : '—',
+    fmt.int(1e6 / t.cpuUs),
     fmt.pct(t.noise),
     String(t.errors)
   ])
@@ -54,9 +55,10 @@ function render (result: ProxyBenchResult, micro: RoutingBenchResult): string {
   const lines = [
     `# dbshift benchmark, ${startedAt.toISOString()}`,
     '',
-    table(['target', 'req/s (full load)', 'p50 / p99 (full load)', 'p50 / p99 at ~5k req/s', 'RSS (full load)', 'CPU per request', 'spread of req/s', 'errors'], rows),
+    table(['target', 'req/s (full load)', 'p50 / p99 (full load)', 'p50 / p99 at ~5k req/s', 'RSS (full load)', 'CPU per request', 'req/s per core (from CPU)', 'spread of req/s', 'errors'], rows),
     '',
     `- dbshift / baseline req/s: **${ratio(dbshift?.requestsPerSecond, baseline?.requestsPerSecond)}**; dbshift / nginx: **${ratio(dbshift?.requestsPerSecond, nginx?.requestsPerSecond)}**`,
+    `- from CPU time (robust to other load on the machine): dbshift / baseline **${ratio(baseline?.cpuUs, dbshift?.cpuUs)}**, dbshift / nginx ${ratio(nginx?.cpuUs, dbshift?.cpuUs)} requests per CPU-second`,
     `- dbshift / baseline RSS: ${ratio(dbshift?.rss, baseline?.rss)}; dbshift tagged ${fmt.pct(dbshift?.migrated ?? Number.NaN)} of 2,000 distinct users migrated (set: 20%)`,
     `- routing decision (read X-User-ID + decide, unseen keys): **${micro.nsPerDecision.toFixed(0)} ns**; murmur3 bucket alone ${micro.nsPerHash.toFixed(0)} ns; ~${micro.bytesPerDecision.toFixed(0)} heap bytes per decision (median of ${micro.batches} × ${fmt.int(micro.perBatch)})`,
     '',
@@ -65,7 +67,7 @@ function render (result: ProxyBenchResult, micro: RoutingBenchResult): string {
     `- Medians of ${result.options.rounds} interleaved rounds (every target once per round, in turn): full load ${result.options.seconds} s with wrk, 1 thread, ${result.options.connections} connections; then paced ${result.options.pacedSeconds} s, 24 connections each pausing 4 ms between requests (about 5k req/s).`,
     `- Every request carries a new \`X-User-ID\` (\`user-<n>\`, never repeated in a run). ${result.pinning}.`,
     '- Upstream: nginx, one process, answering a fixed 300-byte JSON body on two ports (legacy, migrated). nginx split_clients: one process, 20% on the user ID (murmur2: a different 20% than dbshift\'s), keep-alive to both. Baseline: `@fastify/http-proxy` with its defaults, logger off. dbshift: `node dist/main.js` (built by `npm run build`, as `npm start` runs it) from a YAML file, own Redis, `percent` 20, default metrics, guards and limits, log level warn.',
-    '- RSS: the highest sample (every 0.5 s) during a full-load round, median over rounds. CPU per request: user + system time of the proxy process during a full-load round ÷ requests. Spread: (max − min) ÷ median of req/s over rounds, a measure of machine noise.',
+    '- RSS: the highest sample (every 0.5 s) during a full-load round, median over rounds. CPU per request: user + system time of the proxy process during a full-load round ÷ requests; its inverse, req/s per core, is what one dedicated core would carry, and is far less disturbed than req/s by other work on the machine. Spread: (max − min) ÷ median of req/s over rounds, a measure of machine noise.',
     '',
     '## Machine',
     '',

@@ -35,6 +35,8 @@ export interface TargetResult {
   pacedP50Ms: number
   pacedP99Ms: number
   rss: number
+  /** RSS after start, before any load. */
+  idleRss: number
   cpuUs: number
   noise: number
   errors: number
@@ -119,6 +121,7 @@ export async function runProxyBench (options: ProxyBenchOptions): Promise<ProxyB
       log(`${target.name}: ${(target.migrated * 100).toFixed(1)}% of 2,000 distinct users tagged migrated`)
     }
 
+    const idleRss = new Map(targets.map((t) => [t, t.process?.child.pid === undefined ? Number.NaN : rssOf(t.process.child.pid)]))
     log(`warming up (${targets.length} targets) …`)
     for (const target of targets) await runWrk(target.url, { seconds: 3, connections: options.connections, cpus: cpus.load, userOffset: 10_000_000 })
 
@@ -168,6 +171,7 @@ export async function runProxyBench (options: ProxyBenchOptions): Promise<ProxyB
           pacedP50Ms: median(r.paced.map((x) => x.p50Ms)),
           pacedP99Ms: median(r.paced.map((x) => x.p99Ms)),
           rss: target.process === undefined ? Number.NaN : median(r.rss),
+          idleRss: idleRss.get(target) ?? Number.NaN,
           cpuUs: target.process === undefined ? Number.NaN : median(r.cpu),
           noise: spread(rps),
           errors: [...r.rounds, ...r.paced].reduce((sum, x) => sum + x.non2xx + x.socketErrors, 0),

@@ -45,7 +45,7 @@ function render (result: ProxyBenchResult, micro: RoutingBenchResult): string {
     fmt.int(t.requestsPerSecond),
     `${fmt.ms(t.p50Ms)} / ${fmt.ms(t.p99Ms)}`,
     `${fmt.int(t.pacedRate)}: ${fmt.ms(t.pacedP50Ms)} / ${fmt.ms(t.pacedP99Ms)}`,
-    fmt.mib(t.rss),
+    `${fmt.mib(t.idleRss)} / ${fmt.mib(t.rss)}`,
     Number.isFinite(t.cpuUs) ? `${t.cpuUs.toFixed(1)} µs` : '—',
     fmt.int(1e6 / t.cpuUs),
     fmt.pct(t.noise),
@@ -55,7 +55,7 @@ function render (result: ProxyBenchResult, micro: RoutingBenchResult): string {
   const lines = [
     `# dbshift benchmark, ${startedAt.toISOString()}`,
     '',
-    table(['target', 'req/s (full load)', 'p50 / p99 (full load)', 'p50 / p99 at ~5k req/s', 'RSS (full load)', 'CPU per request', 'req/s per core (from CPU)', 'spread of req/s', 'errors'], rows),
+    table(['target', 'req/s (full load)', 'p50 / p99 (full load)', 'p50 / p99 at ~5k req/s', 'RSS idle / full load', 'CPU per request', 'req/s per core (from CPU)', 'spread of req/s', 'errors'], rows),
     '',
     `- dbshift / baseline req/s: **${ratio(dbshift?.requestsPerSecond, baseline?.requestsPerSecond)}**; dbshift / nginx: **${ratio(dbshift?.requestsPerSecond, nginx?.requestsPerSecond)}**`,
     `- from CPU time (robust to other load on the machine): dbshift / baseline **${ratio(baseline?.cpuUs, dbshift?.cpuUs)}**, dbshift / nginx ${ratio(nginx?.cpuUs, dbshift?.cpuUs)} requests per CPU-second`,

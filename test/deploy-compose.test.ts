@@ -108,6 +108,8 @@ test('dbshift gets a valid configuration from the mounted file and its environme
       assert.ok(pool !== undefined, `pools.${version}: ${hostname} is not a service`)
       assert.equal(pool.environment?.ORDERS_SCHEMA, version)
       assert.equal(port, pool.environment?.PORT, `pools.${version}: ${url} is not the port ${hostname} listens on`)
+      const poolDockerfile = readFileSync(join(ROOT, buildContext(pool) ?? '', 'Dockerfile'), 'utf8')
+      assert.match(poolDockerfile, new RegExp(`^EXPOSE .*\\b${port}\\b`, 'm'), `${hostname}'s image does not expose ${port}`)
     }
   }
   assert.ok(new URL(config.redis.url).hostname in services, `redis.url ${config.redis.url} is not a service`)

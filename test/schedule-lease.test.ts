@@ -12,7 +12,7 @@ import { parseSteps, type RampStep } from '../src/schedule/schedule.ts'
 import { captureLogs, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
 
 /** Polls Redis (another process's doing) until `check` holds, with a deadline. */
-async function until (check: () => Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
+async function until (check: () => Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs
   while (!await check()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)

@@ -16,7 +16,10 @@ const PG_ADMIN_URL = process.env.DBSHIFT_TEST_PG_URL ?? 'postgres://postgres@127
 async function createDatabase (t: TestContext): Promise<{ url: string, query: (sql: string, params?: unknown[]) => Promise<Array<Record<string, unknown>>> }> {
   const name = `dbshift_orders_${process.pid}_${randomBytes(4).toString('hex')}`
   const admin = new pg.Client({ connectionString: PG_ADMIN_URL })
-  await admin.connect()
+  await admin.connect().catch((err: Error) => {
+    throw new Error(`PostgreSQL is not reachable at ${PG_ADMIN_URL} (${err.message}). Install and start it (Debian: \`apt-get install postgresql\`, ` +
+      'trust auth for local connections), or point DBSHIFT_TEST_PG_URL at a server where the user may create databases.', { cause: err })
+  })
   await admin.query(`CREATE DATABASE ${name}`)
   const url = new URL(PG_ADMIN_URL)
   url.pathname = `/${name}`

@@ -13,13 +13,25 @@ import type { RolloutSnapshot } from '../src/rollout/snapshot.ts'
 
 type Teardown = Pick<TestContext, 'after'>
 
-/** A free TCP port on loopback (bound, read, released). */
+/**
+ * A free TCP port on loopback, drawn at random below the kernel's ephemeral range (32768+). Ports handed out
+ * by bind(0) come from that range, so a port released here (a Redis a test stops and restarts, an address
+ * meant to refuse connections) is never given to another test's server in the meantime.
+ */
 export async function freePort (): Promise<number> {
-  const server = createNetServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  await new Promise<void>((resolve) => server.close(() => resolve()))
-  return port
+  for (let attempt = 0; ; attempt++) {
+    const port = 10_000 + Math.floor(Math.random() * 22_000)
+    const server = createNetServer()
+    const bound = await new Promise<boolean>((resolve) => {
+      server.once('error', () => resolve(false))
+      server.listen(port, '127.0.0.1', () => resolve(true))
+    })
+    if (bound) {
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+      return port
+    }
+    if (attempt > 50) throw new Error('no free port found between 10000 and 32000')
+  }
 }
 
 export interface TestRedis {

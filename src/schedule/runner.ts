@@ -119,7 +119,7 @@ export class ScheduleRunner {
     }
     if (schedule.status === 'paused') return
     if (schedule.step >= 0 && schedule.percent !== null && dial !== schedule.percent) {
-      const note = `the dial was moved to ${dial}% outside the schedule (it had set ${schedule.percent}%): "dbshift ramp continue" goes on from ${dial}%, "dbshift ramp abort" stops`
+      const note = `the dial was moved to ${dial}% outside the schedule (it had set ${schedule.percent}%): 'dbshift ramp continue' goes on from ${dial}%, 'dbshift ramp abort' stops`
       return await write({ ...schedule, status: 'paused', bakeFrom: null, note }, 'schedule_pause', note)
     }
     if (frozen !== null) {

@@ -81,7 +81,7 @@ export function describeProgress (schedule: Schedule, now: number): string {
   if (schedule.step < 0) return `${schedule.status}, waiting for a dbshift instance to take step 1 of ${total} (${schedule.steps[0]?.percent ?? '?'}%)`
   const step = schedule.steps[schedule.step] as RampStep
   const next = schedule.steps[schedule.step + 1]
-  const where = `step ${schedule.step + 1} of ${total} (${step.percent}%)`
+  const where = `step ${schedule.step + 1} of ${total} (${schedule.percent ?? step.percent}%)`
   if (schedule.status === 'paused') return `paused at ${where}: ${schedule.note}`
   if (schedule.bakeFrom === null) return `held at ${where}: ${schedule.note || 'the bake restarts on the next check'}`
   const baked = Math.max(0, now - schedule.bakeFrom)

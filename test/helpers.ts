@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs'
 import { once } from 'node:events'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createNetServer, type AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
 import { Writable } from 'node:stream'
 import type { TestContext } from 'node:test'
 import { Redis } from 'ioredis'
@@ -53,7 +54,9 @@ export async function startRedis (t: Teardown, args: string[] = []): Promise<Tes
   const port = await freePort()
   let child: ChildProcess | undefined
   const start = async (): Promise<void> => {
-    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    // A dump file of its own that never exists: redis-server would otherwise load a stray dump.rdb from its directory.
+    const dump = ['--dir', tmpdir(), '--dbfilename', `dbshift-test-${port}-${process.pid}.rdb`]
+    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...dump, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
     const proc = child
     await new Promise<void>((resolve, reject) => {
       let out = ''

@@ -3,6 +3,9 @@ import { test } from 'node:test'
 import { Agent, request } from 'undici'
 import { startProxy, startRedis, startUpstream, testConfig, untilRollout, type TestProxy } from './helpers.ts'
 
+/** A rollout name of this file's own: its keys cannot meet any other test's. */
+const ROLLOUT = 'guard-exposure'
+
 interface Answer {
   sentAt: number
   at: number
@@ -25,11 +28,11 @@ test('break the migrated pool under load: how long users were exposed, with time
     res.writeHead(200, { 'content-type': 'application/json' })
     res.end('{"servedBy":"migrated"}')
   })
-  await redis.client.set('dbshift:{default}:percent', '50')
+  await redis.client.set(`dbshift:{${ROLLOUT}}:percent`, '50')
   // The default L1 rules (10 s fast window, 20 requests, 50%; evaluated every second), three instances.
   const proxies: TestProxy[] = []
   for (let i = 0; i < 3; i++) {
-    proxies.push(await startProxy(t, testConfig(redis.url, legacy.url, migrated.url, { instanceId: `edge-${i}`, guards: { l2: { enabled: false } } })))
+    proxies.push(await startProxy(t, testConfig(redis.url, legacy.url, migrated.url, { instanceId: `edge-${i}`, rollout: { name: ROLLOUT }, guards: { l2: { enabled: false } } })))
   }
   await Promise.all(proxies.map(async (p) => await untilRollout(p.app, (s) => s.percent === 50)))
   const switchedAt = proxies.map(async (p) => { await untilRollout(p.app, (s) => s.rolledBack, 15_000); return performance.now() })
@@ -67,7 +70,7 @@ test('break the migrated pool under load: how long users were exposed, with time
   const failed = answers.filter((a) => a.at >= brokenAt && a.status >= 500)
   const lastFailure = Math.max(...failed.map((a) => a.at))
   const after = answers.filter((a) => a.sentAt > allSwitched)
-  const trip = await redis.client.hgetall('dbshift:{default}:trip')
+  const trip = await redis.client.hgetall(`dbshift:{${ROLLOUT}}:trip`)
   const ms = (value: number): string => `${Math.round(value - brokenAt)} ms`
   const during = answers.filter((a) => a.at >= brokenAt && a.at <= lastFailure)
   t.diagnostic(`traffic: ${answers.length} answers, about ${Math.round(during.length / ((lastFailure - brokenAt) / 1000))} requests/s while exposed`)

@@ -6,6 +6,9 @@ import type { GuardEvents } from '../src/guards/index.ts'
 import type { L1Evaluation } from '../src/guards/l1-error-rate.ts'
 import { getAs, startProxy, startRedis, startUpstream, testConfig, untilRollout, type TestProxy, type TestRedis } from './helpers.ts'
 
+/** A rollout name of this file's own: its keys cannot meet any other test's. */
+const ROLLOUT = 'guard-l1'
+
 /** Short windows so that a test sees a whole decision in a second or two. */
 const L1 = { fastWindowMs: 2_000, fastMinRequests: 20, fastErrorRate: 0.5, windowMs: 60_000, minRequests: 100, errorRate: 0.05, evaluateIntervalMs: 100 }
 
@@ -46,10 +49,10 @@ async function fleet (t: TestContext, size: number, l1: Record<string, unknown> 
     const n = migratedState.served++
     answer('migrated', migratedState.fail || migratedState.failEvery?.(n) === true)(res)
   })
-  await redis.client.set('dbshift:{default}:percent', String(percent))
+  await redis.client.set(`dbshift:{${ROLLOUT}}:percent`, String(percent))
   const proxies: TestProxy[] = []
   for (let i = 0; i < size; i++) {
-    const config = testConfig(redis.url, legacy.url, migrated.url, { instanceId: `i${i}`, guards: { l1: { ...L1, ...l1 }, l2: { enabled: false } } })
+    const config = testConfig(redis.url, legacy.url, migrated.url, { instanceId: `i${i}`, rollout: { name: ROLLOUT }, guards: { l1: { ...L1, ...l1 }, l2: { enabled: false } } })
     proxies.push(await startProxy(t, config))
   }
   await Promise.all(proxies.map(async (p) => await untilRollout(p.app, (s) => s.percent === percent)))
@@ -84,12 +87,12 @@ test('a hard failure of migrated trips L1 once, and all three instances serve le
     assert.equal(answer.status, 200)
     assert.equal(answer.version, 'legacy')
   }
-  assert.equal(await redis.client.get('dbshift:{default}:state'), 'rolled_back')
-  const stored = await redis.client.hgetall('dbshift:{default}:trip')
+  assert.equal(await redis.client.get(`dbshift:{${ROLLOUT}}:state`), 'rolled_back')
+  const stored = await redis.client.hgetall(`dbshift:{${ROLLOUT}}:trip`)
   assert.equal(stored.level, 'L1')
   assert.equal(stored.by, trip.by)
   assert.match(stored.reason ?? '', /migrated error rate/)
-  const rollbacks = (await redis.client.xrange('dbshift:{default}:audit', '-', '+')).filter(([, fields]) => fields.includes('rollback'))
+  const rollbacks = (await redis.client.xrange(`dbshift:{${ROLLOUT}}:audit`, '-', '+')).filter(([, fields]) => fields.includes('rollback'))
   assert.equal(rollbacks.length, 1, 'one rollback in the audit stream')
   let trips = 0
   for (const p of proxies) trips += (await p.app.metrics.guardTrips.get()).values.find((v) => v.labels.level === 'L1')?.value ?? 0
@@ -181,8 +184,8 @@ test('a trip while Redis is down protects users at once, and is written to Redis
   const persisted = once(proxy.app.sync, 'persisted')
   await redis.start()
   await persisted
-  assert.equal(await redis.client.get('dbshift:{default}:state'), 'rolled_back')
-  const stored = await redis.client.hgetall('dbshift:{default}:trip')
+  assert.equal(await redis.client.get(`dbshift:{${ROLLOUT}}:state`), 'rolled_back')
+  const stored = await redis.client.hgetall(`dbshift:{${ROLLOUT}}:trip`)
   assert.deepEqual({ level: stored.level, by: stored.by, at: stored.at }, { level: 'L1', by: 'i0', at: trip.at })
   assert.ok(failed >= 20 && failed < 200, `${failed} users saw the failure before the local trip`)
 })

@@ -4,9 +4,12 @@ import { buildApp, type App } from '../src/app.ts'
 import type { GuardEvents } from '../src/guards/index.ts'
 import { captureLogs, getAs, startRedis, startUpstream, testConfig, untilRollout, type TestRedis } from './helpers.ts'
 
+/** A rollout name of this file's own: its keys cannot meet any other test's. */
+const ROLLOUT = 'guard-l2'
+
 const TOKEN = 'l2-test-token-0123456789'
-const LOAD = 'dbshift:{default}:signal:db_load'
-const FREEZE = 'dbshift:{default}:freeze'
+const LOAD = `dbshift:{${ROLLOUT}}:signal:db_load`
+const FREEZE = `dbshift:{${ROLLOUT}}:freeze`
 
 async function nextEvent<K extends keyof GuardEvents> (app: App, name: K, predicate: (...args: GuardEvents[K]) => boolean = () => true, timeoutMs = 5_000): Promise<GuardEvents[K]> {
   const events = app.guards.events
@@ -35,6 +38,7 @@ async function start (t: TestContext, redis: TestRedis, upstreams: { legacy: str
   const clock = { now: Date.now() }
   const config = testConfig(redis.url, upstreams.legacy, upstreams.migrated, {
     instanceId: id,
+    rollout: { name: ROLLOUT },
     admin: { token: TOKEN },
     guards: { signalPollIntervalMs: 100, l1: { enabled: false }, l2: { threshold: 0.8, sustainMs: 60_000, featureRoutes: ['/beta/**', '/api/v2/*/export'], retryAfterSeconds: 7, ...l2 } }
   })
@@ -92,9 +96,9 @@ test('L2 closes the feature routes and freezes the ramp after sustained load, an
 
   assert.match(await redis.client.get(FREEZE) ?? '', /^L2: database load 0\.95 above 0\.8/)
   const refused = await raise(instance, 30)
-  assert.equal(refused.status, 409)
+  assert.equal(refused.status, 409, JSON.stringify(refused.body))
   assert.equal(refused.body.error, 'DBSHIFT_ERR_RAMP_FROZEN')
-  const audit = await redis.client.xrange('dbshift:{default}:audit', '-', '+')
+  const audit = await redis.client.xrange(`dbshift:{${ROLLOUT}}:audit`, '-', '+')
   assert.ok(audit.some(([, fields]) => fields.includes('freeze')), 'the freeze is in the audit stream')
   assert.equal((await app.metrics.l2Paused.get()).values[0]?.value, 1)
   assert.equal((await app.metrics.guardTrips.get()).values.find((v) => v.labels.level === 'L2')?.value, 1)

@@ -6,6 +6,9 @@ import { compareAnswers, compileIgnore, type Answer } from '../src/guards/compar
 import type { GuardEvents } from '../src/guards/index.ts'
 import { getAs, startProxy, startRedis, startUpstream, testConfig, type TestProxy, type TestRedis } from './helpers.ts'
 
+/** A rollout name of this file's own: its keys cannot meet any other test's. */
+const ROLLOUT = 'guard-l3'
+
 async function nextEvent<K extends keyof GuardEvents> (proxy: TestProxy, name: K, predicate: (...args: GuardEvents[K]) => boolean = () => true, timeoutMs = 5_000): Promise<GuardEvents[K]> {
   const events = proxy.app.guards.events
   return await new Promise((resolve, reject) => {
@@ -85,6 +88,7 @@ async function setup (t: TestContext, l3: Record<string, unknown>): Promise<Setu
   })
   const config = testConfig(redis.url, legacy.url, migrated.url, {
     instanceId: 'i0',
+    rollout: { name: ROLLOUT },
     guards: {
       signalPollIntervalMs: 100,
       l1: { enabled: false },
@@ -118,10 +122,10 @@ test('matching answers never trip; mismatches past the threshold roll back and c
   await webhook.delivered
   assert.equal(webhook.calls.length, 2, 'the 503 was retried')
   assert.equal(webhook.calls[0]?.key, webhook.calls[1]?.key, 'a retry carries the same idempotency key')
-  assert.deepEqual(webhook.calls[1]?.body, { event: 'rollback', rollout: 'default', level: 'L3', reason: trip.reason, at: trip.at, by: 'i0' })
+  assert.deepEqual(webhook.calls[1]?.body, { event: 'rollback', rollout: ROLLOUT, level: 'L3', reason: trip.reason, at: trip.at, by: 'i0' })
 
-  assert.equal(await redis.client.get('dbshift:{default}:state'), 'rolled_back')
-  assert.equal((await redis.client.hgetall('dbshift:{default}:trip')).level, 'L3')
+  assert.equal(await redis.client.get(`dbshift:{${ROLLOUT}}:state`), 'rolled_back')
+  assert.equal((await redis.client.hgetall(`dbshift:{${ROLLOUT}}:trip`)).level, 'L3')
   const counted = Object.fromEntries((await proxy.app.metrics.shadow.get()).values.map((v) => [v.labels.result, v.value]))
   assert.equal(counted.match, 6)
   assert.ok((counted.mismatch ?? 0) >= 2, 'shadows already under way when it tripped are still counted')
@@ -168,12 +172,12 @@ test('the shadow request never changes the user\'s answer, and only safe request
 test('the external inconsistency signal rolls back at once and calls the webhook', async (t) => {
   const webhook = await startWebhook(t)
   const { redis, proxy } = await setup(t, { webhookUrl: webhook.url, sampleRate: 0 })
-  await redis.client.set('dbshift:{default}:signal:inconsistent', '0')
-  await nextEvent(proxy, 'signals', (values) => values.get('dbshift:{default}:signal:inconsistent') === '0')
+  await redis.client.set(`dbshift:{${ROLLOUT}}:signal:inconsistent`, '0')
+  await nextEvent(proxy, 'signals', (values) => values.get(`dbshift:{${ROLLOUT}}:signal:inconsistent`) === '0')
   assert.equal(proxy.app.sync.current.rolledBack, false, '0 means consistent')
 
   const tripped = nextEvent(proxy, 'trip')
-  await redis.client.set('dbshift:{default}:signal:inconsistent', 'orders: 12 rows differ')
+  await redis.client.set(`dbshift:{${ROLLOUT}}:signal:inconsistent`, 'orders: 12 rows differ')
   const [trip] = await tripped
   assert.equal(trip.level, 'L3')
   assert.match(trip.reason, /signal:inconsistent = "orders: 12 rows differ"/)

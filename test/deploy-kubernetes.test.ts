@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process'
+import { execFile, spawnSync } from 'node:child_process'
 import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { basename, join } from 'node:path'
@@ -42,14 +42,20 @@ interface Resource {
   }
 }
 
-/** Every resource of every manifest under deploy/<folder>/, plus the backing services everyone relies on. */
-function load (folder: string): Resource[] {
-  return [folder, 'backing'].flatMap((name) => readdirSync(join(DEPLOY, name)).filter((file) => file.endsWith('.yaml')).flatMap((file) =>
-    parseAllDocuments(readFileSync(join(DEPLOY, name, file), 'utf8')).map((doc) => {
-      assert.deepEqual(doc.errors, [], `${name}/${file}`)
-      return doc.toJS() as Resource
-    })))
+const FOLDERS = ['sidecar', 'edge', 'backing']
+const KUSTOMIZATION = 'kustomization.yaml'
+const manifests = (folder: string): string[] => readdirSync(join(DEPLOY, folder)).filter((file) => file.endsWith('.yaml') && file !== KUSTOMIZATION).sort()
+
+/** Every resource of deploy/<folder>/ alone. */
+function loadFolder (folder: string): Resource[] {
+  return manifests(folder).flatMap((file) => parseAllDocuments(readFileSync(join(DEPLOY, folder, file), 'utf8')).map((doc) => {
+    assert.deepEqual(doc.errors, [], `${folder}/${file}`)
+    return doc.toJS() as Resource
+  }))
 }
+
+/** Every resource of a pattern, plus the backing services everyone relies on. */
+const load = (folder: string): Resource[] => [...loadFolder(folder), ...loadFolder('backing')]
 
 const find = (resources: Resource[], kind: string, name: string): Resource | undefined =>
   resources.find((r) => r.kind === kind && r.metadata.name === name)
@@ -200,4 +206,23 @@ test('the Kubernetes scrape job is a valid Prometheus config with the shipped ru
   writeFileSync(join(dir, 'prometheus.yml'), stringify({ rule_files: [basename(RULES)], scrape_configs: [{ ...rest, static_configs: [{ targets: ['127.0.0.1:9901'] }] }] }))
   const { stdout } = await promisify(execFile)('promtool', ['check', 'config', join(dir, 'prometheus.yml')])
   assert.match(stdout, /SUCCESS: [1-9]\d* rules found/)
+})
+
+test('each folder\'s kustomization lists every manifest of the folder, so `kubectl apply -k` gets them all', () => {
+  for (const folder of FOLDERS) {
+    const [kustomization] = parseAllDocuments(readFileSync(join(DEPLOY, folder, KUSTOMIZATION), 'utf8')).map((d) => d.toJS() as { resources: string[], images?: Array<{ name: string }> })
+    assert.deepEqual([...(kustomization?.resources ?? [])].sort(), manifests(folder), folder)
+    // Its image entries name images the manifests use, so that `images:` really replaces them.
+    const used = new Set(loadFolder(folder).flatMap((r) => r.spec?.template?.spec.containers.map((c) => c.image.split(':')[0]) ?? []))
+    for (const image of kustomization?.images ?? []) assert.ok(used.has(image.name), `${folder}: no container uses the image ${image.name}`)
+  }
+})
+
+const kubectl = spawnSync('kubectl', ['version', '--client'], { stdio: 'ignore' }).status === 0
+test('`kubectl kustomize` renders each folder to the same resources (offline)', { skip: !kubectl && 'kubectl is not installed' }, async () => {
+  for (const folder of FOLDERS) {
+    const { stdout } = await promisify(execFile)('kubectl', ['kustomize', join(DEPLOY, folder)])
+    const rendered = parseAllDocuments(stdout).map((d) => d.toJS() as Resource).map((r) => `${r.kind}/${r.metadata.name}`).sort()
+    assert.deepEqual(rendered, loadFolder(folder).map((r) => `${r.kind}/${r.metadata.name}`).sort(), folder)
+  }
 })

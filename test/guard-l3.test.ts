@@ -78,7 +78,7 @@ async function setup (t: TestContext, l3: Record<string, unknown>): Promise<Setu
     req.resume()
     if (req.headers['x-dbshift-shadow'] !== undefined) state.shadowRequests.push(req)
     state.arrived.shift()?.()
-    if (state.mode === 'hold') {
+    if (state.mode === 'hold' && req.headers['x-dbshift-shadow'] !== undefined) {
       state.held.push(res)
       return
     }
@@ -134,7 +134,7 @@ test('matching answers never trip; mismatches past the threshold roll back and c
 
 test('the shadow request never changes the user\'s answer, and only safe requests are shadowed', async (t) => {
   const { proxy, migrated } = await setup(t, {})
-  migrated.mode = 'hold' // the other version does not answer at all until the test lets it
+  migrated.mode = 'hold' // the other version does not answer the shadow copies at all until the test lets it
   const first = new Promise<void>((resolve) => migrated.arrived.push(resolve))
   const direct = await getAs(proxy.url, 'alice', '/orders/1')
   await first

@@ -2,8 +2,8 @@ import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
 import type { Dispatcher } from 'undici'
 import type { ShadowResult } from '../metrics.ts'
 import type { ResponseTap } from '../proxy/forward.ts'
-import { closePools, createPools, type Pools } from '../proxy/pools.ts'
-import type { Decision, Version } from '../routing/decide.ts'
+import { createPools, type Pools } from '../proxy/pools.ts'
+import { VERSIONS, type Decision, type Version } from '../routing/decide.ts'
 import type { RolloutSnapshot } from '../rollout/snapshot.ts'
 import { TrafficWindow } from '../traffic/window.ts'
 import { compareAnswers, compileIgnore, type Answer } from './compare.ts'
@@ -55,8 +55,9 @@ export class ShadowGuard {
 
   async close (): Promise<void> {
     this.#ctx.sync.off('change', this.#onChange)
+    // Shadow copies are disposable: drop those still under way rather than wait for them.
+    await Promise.all(VERSIONS.map(async (version) => await this.#pools[version].dispatcher.destroy()))
     await Promise.allSettled([...this.#pending])
-    await closePools(this.#pools)
   }
 
   /** Called by the forwarder for every request: undefined unless this one is sampled. */

@@ -26,6 +26,7 @@ export class DbLoadGuard {
   #unwritten: boolean | undefined
   #reason = ''
   #badValue: string | undefined
+  #queryFailing = false
   #timer: NodeJS.Timeout | undefined
   #closed = false
 
@@ -180,11 +181,14 @@ export class DbLoadGuard {
     this.#timer = setTimeout(() => {
       const url = this.#rules.prometheusUrl as string
       queryPrometheus(url, Math.min(this.#rules.pollIntervalMs, 5_000)).then(({ value, raw }) => {
+        this.#queryFailing = false
         if (value === undefined) this.#parse('prometheus', raw)
         this.observe(value)
         this.#write()
       }, (err: unknown) => {
-        this.#ctx.log.warn({ err, guard: 'L2' }, 'the L2 Prometheus query failed; keeping the current state')
+        // Once per failure streak, not every poll.
+        if (!this.#queryFailing) this.#ctx.log.warn({ err, guard: 'L2', url }, 'the L2 Prometheus query failed; keeping the current state')
+        this.#queryFailing = true
       }).finally(() => this.#schedule())
     }, this.#rules.pollIntervalMs)
     this.#timer.unref()

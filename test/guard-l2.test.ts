@@ -160,3 +160,20 @@ async function untilFreezeGone (redis: TestRedis): Promise<void> {
     await new Promise((resolve) => setTimeout(resolve, 20))
   }
 }
+
+test('L2 can read the load from a Prometheus query instead of Redis', async (t) => {
+  const answer = { load: '0.97' }
+  const prometheus = await startUpstream(t, 'prometheus', (req, res) => {
+    req.resume()
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.end(JSON.stringify({ status: 'success', data: { resultType: 'vector', result: [{ metric: {}, value: [1764079200, answer.load] }] } }))
+  })
+  const { redis, instance } = await setup(t, { sustainMs: 0, pollIntervalMs: 100, prometheusUrl: `${prometheus.url}/api/v1/query?query=db_load` })
+  await redis.client.set(LOAD, '0.1') // not read: Prometheus is the source
+  await nextEvent(instance.app, 'l2', (on) => on)
+  assert.equal((await getAs(instance.url, 'carol', '/beta/x')).status, 503)
+  assert.ok(prometheus.requests.some((req) => req.url === '/api/v1/query?query=db_load'))
+  answer.load = '0.2'
+  await nextEvent(instance.app, 'l2', (on) => !on)
+  assert.equal((await getAs(instance.url, 'carol', '/beta/x')).status, 200)
+})

@@ -51,9 +51,10 @@ test('exactly one instance advances the schedule; when it dies, another takes th
   const exited = once(child, 'exit')
   child.kill('SIGKILL')
   await exited
-  await until(async () => await redis.client.get(keys.scheduleLease) === 'survivor', 'the survivor to take the lease')
-  const takeover = (await survivor.store.audit(20)).find((e) => e.fields.action === 'schedule_runner')
-  assert.equal(takeover?.fields.new, 'survivor')
+  const takeover = async (): Promise<string | undefined> => (await survivor.store.audit(20)).find((e) => e.fields.action === 'schedule_runner' && e.fields.new === 'survivor')?.fields.reason
+  await until(async () => await takeover() !== undefined, 'the survivor to take the lease')
+  assert.equal(await redis.client.get(keys.scheduleLease), 'survivor')
+  assert.equal(await takeover(), 'took the ramp schedule lease')
 
   // It goes on from where the dead instance left off: the bake it started still counts.
   clock.now += 30 * 60_000

@@ -1,4 +1,4 @@
-import { realpathSync } from 'node:fs'
+import { readFileSync, realpathSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { Command, CommanderError, Option } from 'commander'
 import { InvalidValueError } from '../errors.ts'
@@ -33,6 +33,7 @@ export async function run (argv: string[]): Promise<number> {
     .addOption(new Option('--prefix <prefix>', 'key prefix (default: redis.prefix of the config file, or "dbshift")'))
     .addOption(new Option('--by <name>', 'who the audit trail names (default: DBSHIFT_OPERATOR, or user@host)'))
     .option('--json', 'print JSON (one object per line) instead of text')
+    .version(version(), '-V, --version')
     .showHelpAfterError('(run "dbshift --help" for the verbs)')
     .exitOverride()
     .configureOutput({ writeErr: (text) => process.stderr.write(text) })
@@ -150,6 +151,15 @@ export async function run (argv: string[]): Promise<number> {
     if (json) process.stdout.write(`${JSON.stringify({ error: code, message })}\n`)
   }
   return exit
+}
+
+/** The package's version (src/cli and dist/cli are both two levels below package.json). */
+function version (): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
+  } catch {
+    return 'unknown'
+  }
 }
 
 function positive (text: string, name: string): number {

@@ -72,7 +72,7 @@ export async function startRedis (t: Teardown, args: string[] = []): Promise<Tes
   }
   const stop = async (): Promise<void> => {
     const proc = child
-    if (proc === undefined || proc.exitCode !== null) return
+    if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) return
     const exited = once(proc, 'exit')
     proc.kill('SIGKILL')
     await exited

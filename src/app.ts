@@ -110,14 +110,16 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     retries: config.upstream.retries,
     maxInFlight: config.server.maxInFlight,
     maxUrlBytes: config.server.maxUrlBytes,
-    hooks: guards.hooks
+    hooks: guards.hooks,
+    draining: () => draining
   })
 
   const proxy = Fastify({
     loggerInstance: log as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     exposeHeadRoutes: false,
-    return503OnClosing: true,
+    // While draining, requests already on a connection are still served (with Connection: close), not refused.
+    return503OnClosing: false,
     forceCloseConnections: 'idle',
     serverFactory: (handler) => proxyServer(config, handler)
   })
@@ -140,6 +142,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   await admin.register(adminRoutes, { config, instanceId, sync, store, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, now })
 
   let closing: Promise<void> | undefined
+  let draining = false
   const app: App = {
     config,
     instanceId,
@@ -167,7 +170,10 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     },
     async close () {
       closing ??= (async () => {
-        await Promise.all([proxy.close(), admin.close()])
+        draining = true
+        // An answer that was already under way when the drain began leaves its connection idle: close those too.
+        const idle = setInterval(() => proxy.server.closeIdleConnections(), 250).unref()
+        await Promise.all([proxy.close(), admin.close()]).finally(() => clearInterval(idle))
         await guards.close()
         await scheduleRunner.close()
         await heartbeat.close()

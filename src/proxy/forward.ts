@@ -8,7 +8,7 @@ import { fromByteString, type UserKeyReader } from '../routing/user-key.ts'
 import type { RolloutSnapshot } from '../rollout/snapshot.ts'
 import type { TrafficWindow } from '../traffic/window.ts'
 import type { Pools, UpstreamPool } from './pools.ts'
-import { classifyUpstreamError } from './upstream-errors.ts'
+import { classifyUpstreamError, type UpstreamFailure } from './upstream-errors.ts'
 
 /** The header that tells the upstream and the client which version served the request. */
 export const VERSION_HEADER = 'x-dbshift-version'
@@ -51,6 +51,8 @@ export interface ForwarderDeps {
   maxInFlight: number
   maxUrlBytes: number
   hooks?: ForwardHooks
+  /** True while the server drains before exiting: each answer then closes its connection. */
+  draining?: () => boolean
 }
 
 /**
@@ -155,6 +157,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.#status = statusCode
     const res = this.#res
     if (res.destroyed) return controller.abort(new Error('client closed the connection'))
+    if (this.#deps.draining?.() === true) res.shouldKeepAlive = false
     res.writeHead(statusCode, clientHeaders(headers, this.#decision.version))
     this.#tap?.onResponse(statusCode, headers)
   }
@@ -183,7 +186,7 @@ class Exchange implements Dispatcher.DispatchHandler {
       return
     }
     const failure = classifyUpstreamError(err, version)
-    if (!res.headersSent && this.#retryable(failure.beforeSend)) {
+    if (!res.headersSent && this.#retryable(failure)) {
       this.#deps.log.debug({ err, version, attempt: this.#attempt }, 'upstream attempt failed; retrying in the same pool')
       return this.send()
     }
@@ -201,12 +204,14 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   /** Another attempt is safe: idempotent, no body to replay, and the upstream never saw the request (or a keep-alive socket closed under it). */
-  #retryable (beforeSend: boolean): boolean {
+  #retryable (failure: UpstreamFailure): boolean {
     const retries = this.#deps.retries
     if (retries === 0 || this.#hasBody || !IDEMPOTENT.has(this.#req.method ?? '')) return false
     // A refused connection reached nobody, and the balancer may pick a dead member twice: allow one try per member.
-    if (beforeSend) return this.#attempt <= Math.max(retries, this.#pool.members.length)
-    return this.#attempt === 1
+    if (failure.beforeSend) return this.#attempt <= Math.max(retries, this.#pool.members.length)
+    // A pooled keep-alive socket closed as the request went out (a reset before any answer) is retried once;
+    // a timeout is not: the upstream may be working on the request.
+    return failure.reason === 'reset' && this.#attempt === 1
   }
 
   #record (isError: boolean): void {

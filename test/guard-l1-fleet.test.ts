@@ -118,7 +118,7 @@ test('three instances each below the minimum add up to a fleet decision', async 
 test('a 3% error rate never trips', async (t) => {
   const { proxies, migrated } = await fleet(t, 1)
   const proxy = proxies[0] as TestProxy
-  migrated.failEvery = (n) => n % 100 < 3
+  migrated.failEvery = (n) => n % 33 === 32 // spread out: 3% at every point in time, not a burst of 6% now and then
   for (let n = 0; n < 300; n++) await getAs(proxy.url, `user-${n}`)
   assert.equal(migrated.served, 300)
   const [evaluation] = await nextEvent(proxy, 'evaluated', fleetSaw(300))

@@ -128,3 +128,25 @@ test('a cold start without Redis serves the configured initial percentage, then 
   await untilRollout(proxy.app, (s) => s.percent === 100)
   assert.equal((await getAs(proxy.url, 'bob')).version, 'migrated')
 })
+
+test('a change pushed through dbshift arrives by pub/sub alone, and again after Redis restarts (re-subscribed)', async (t) => {
+  const redis = await startRedis(t)
+  const legacy = await startUpstream(t, 'legacy')
+  const migrated = await startUpstream(t, 'migrated')
+  // Polls far apart: only the subscription can bring the change in time.
+  const slowPoll = { redis: { pollIntervalMs: 600_000, fullSyncIntervalMs: 600_000 } }
+  const writer = await startProxy(t, testConfig(redis.url, legacy.url, migrated.url, slowPoll))
+  const follower = await startProxy(t, testConfig(redis.url, legacy.url, migrated.url, slowPoll))
+
+  await writer.app.store.setPercent(15, { by: 'test', source: 'api' })
+  await untilRollout(follower.app, (s) => s.percent === 15)
+
+  const resubscribed = new Promise<void>((resolve) => follower.app.sync.once('change', () => resolve()))
+  await redis.stop()
+  await redis.start()
+  await resubscribed // the empty Redis is read on reconnect: back to the initial 0%
+  assert.equal(follower.app.sync.current.percent, 0)
+  if (writer.app.redis.status !== 'ready') await new Promise((resolve) => writer.app.redis.once('ready', resolve))
+  await writer.app.store.setPercent(45, { by: 'test', source: 'api' })
+  await untilRollout(follower.app, (s) => s.percent === 45)
+})

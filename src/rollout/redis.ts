@@ -26,7 +26,7 @@ export function connectRedis (url: string, options: RedisConnectOptions): RedisC
     commandTimeout: options.subscriber === true ? undefined : options.commandTimeoutMs,
     connectTimeout: Math.max(options.commandTimeoutMs, 1_000),
     retryStrategy,
-    autoResubscribe: true,
+    autoResubscribe: false, // RolloutSync re-subscribes itself on every 'ready' (see there)
     connectionName: options.connectionName
   }
   const multiHost = /^(redis\+sentinel|redis\+cluster):\/\/(?:([^:@/]*)(?::([^@/]*))?@)?([^/]+)(\/.*)?$/.exec(url)

@@ -80,14 +80,22 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
    */
   async start (): Promise<void> {
     const onReady = (): void => { this.refresh().catch(() => {}) }
+    // Subscribing is ours, on every (re)connect, with its error handled: ioredis's own autoResubscribe leaves a
+    // rejected promise unhandled when Redis drops again during the re-subscribe, which would end the process.
+    const subscribe = (): void => {
+      this.#subscriber.subscribe(this.#store.keys.events).catch((err: Error) => {
+        this.#log.warn({ err }, 'subscribing to rollout events failed; will retry on reconnect')
+      })
+    }
     this.#redis.on('ready', onReady)
-    this.#subscriber.on('ready', onReady)
+    this.#subscriber.on('ready', () => {
+      subscribe()
+      onReady()
+    })
     this.#subscriber.on('message', (channel: string) => {
       if (channel === this.#store.keys.events) onReady()
     })
-    this.#subscriber.subscribe(this.#store.keys.events).catch((err: Error) => {
-      this.#log.warn({ err }, 'subscribing to rollout events failed; will retry on reconnect')
-    })
+    if (isReady(this.#subscriber)) subscribe()
     this.#schedule()
     if (!isReady(this.#redis)) await this.#firstConnection()
     await this.refresh().catch(() => {})

@@ -58,6 +58,10 @@ test('an upstream that never answers gives 504 after upstream.headersTimeoutMs',
   const res = await fetch(`${proxy.url}/slow`, { method: 'POST', body: 'x' })
   assert.equal(res.status, 504)
   assert.deepEqual(await res.json(), { error: 'DBSHIFT_ERR_UPSTREAM_TIMEOUT', message: 'the legacy pool did not answer in time', version: 'legacy' })
+  // Even an idempotent request is not sent again after a timeout: the upstream may be working on it.
+  const get = await fetch(`${proxy.url}/slow-get`)
+  assert.equal(get.status, 504)
+  assert.equal(silent.requests.filter((req) => req.url === '/slow-get').length, 1)
 })
 
 test('with one member of a pool down, idempotent requests are retried on another member of the same pool', async (t) => {

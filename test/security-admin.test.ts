@@ -30,7 +30,7 @@ test('admin changes resist tricks with the token, oversized and malformed bodies
     { authorization: 'Bearer ' },
     { 'x-admin-token': TOKEN },
     { cookie: `token=${TOKEN}` }
-  ]) assert.deepEqual(await put(headers, good), { status: 401, error: 'DBSHIFT_ERR_UNAUTHORIZED' }, JSON.stringify(headers))
+  ] as Array<Record<string, string>>) assert.deepEqual(await put(headers, good), { status: 401, error: 'DBSHIFT_ERR_UNAUTHORIZED' }, JSON.stringify(headers))
   const query = await fetch(`${adminUrl}/rollout?token=${TOKEN}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: good })
   assert.equal(query.status, 401)
 

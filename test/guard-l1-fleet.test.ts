@@ -189,3 +189,31 @@ test('a trip while Redis is down protects users at once, and is written to Redis
   assert.deepEqual({ level: stored.level, by: stored.by, at: stored.at }, { level: 'L1', by: 'i0', at: trip.at })
   assert.ok(failed >= 20 && failed < 200, `${failed} users saw the failure before the local trip`)
 })
+
+test('a resume re-arms L1, and the failures that caused the trip do not trip it again', async (t) => {
+  const { redis, proxies, migrated } = await fleet(t, 1, { minRequests: 20 })
+  const proxy = proxies[0] as TestProxy
+  migrated.fail = true
+  for (let n = 0; !proxy.app.sync.current.rolledBack && n < 200; n++) await getAs(proxy.url, `user-${n}`)
+  assert.equal(proxy.app.sync.current.rolledBack, true)
+  assert.equal((await getAs(proxy.url, 'user-1')).version, 'legacy', 'it stays rolled back: nothing re-arms it but an operator')
+
+  migrated.fail = false
+  assert.equal(await proxy.app.store.resume({ by: 'on-call', source: 'cli' }, 'fixed the index'), true)
+  await untilRollout(proxy.app, (s) => !s.rolledBack)
+  assert.equal(await redis.client.exists(`dbshift:{${ROLLOUT}}:trip`), 0)
+  // Healthy traffic after the resume; the 60 s window still holds the failures from before it.
+  const healthy = nextEvent(proxy, 'evaluated', (e) => e.source === 'fleet' && e.totals.fast.migrated.requests >= 20, 8_000)
+  let sent = 0
+  const control = { stop: false }
+  const traffic = (async () => {
+    while (!control.stop && sent < 2_000) {
+      assert.equal((await getAs(proxy.url, `after-${sent++}`)).version, 'migrated')
+    }
+  })()
+  const [evaluation] = await healthy.finally(() => { control.stop = true })
+  await traffic
+  assert.equal(evaluation.totals.long.migrated.errors, 0, 'only what came after the resume counts')
+  assert.equal(evaluation.verdict.trip, false)
+  assert.equal(proxy.app.sync.current.rolledBack, false)
+})

@@ -1,7 +1,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
-import type { IncomingMessage } from 'node:http'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import { connect } from 'node:net'
 import fc from 'fast-check'
 import { Agent, request } from 'undici'
@@ -12,7 +12,7 @@ interface Seen { servedBy: string, method: string, url: string, tag: string | un
 
 /** Upstreams that echo what they received, so that each property can compare both sides. */
 function echo (name: string) {
-  return (req: IncomingMessage, res: import('node:http').ServerResponse): void => {
+  return (req: IncomingMessage, res: ServerResponse): void => {
     const chunks: Buffer[] = []
     req.on('data', (chunk: Buffer) => chunks.push(chunk))
     req.once('end', () => {

@@ -1,7 +1,7 @@
 // `node --import tsx test/bench/soak.bench.ts`: dbshift under full load for SOAK_SECONDS (600), a new X-User-ID on
 // every request (millions of distinct users), RSS and heap sampled every SOAK_SAMPLE_SECONDS (30): memory must stay
 // flat, since nothing on the request path keeps per-user state.
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { startUpstreamNginx } from './lib/nginx.ts'
@@ -19,6 +19,7 @@ async function heapUsed (adminUrl: string): Promise<number> {
 }
 
 async function main (): Promise<void> {
+  const started = new Date()
   const pin = availableParallelism() >= 2
   const proxyCpu = pin ? '0' : undefined
   const loadCpu = pin ? String(availableParallelism() - 1) : undefined
@@ -41,7 +42,17 @@ async function main (): Promise<void> {
       process.stderr.write(`${rows.at(-1)?.join('  ') ?? ''}\n`)
     }
     await dbshift.stop()
-    process.stdout.write(`\n${table(['elapsed', 'distinct users so far', 'req/s', 'RSS', 'heap used', 'errors'], rows)}\n`)
+    const report = [
+      `# dbshift soak, ${started.toISOString()}`,
+      '',
+      `${total} s of wrk (1 thread, 64 connections) against dbshift (node dist/main.js, own Redis, 20%, defaults)${pin ? ' pinned to one core' : ''}, a new X-User-ID on every request; RSS of the process and nodejs_heap_size_used_bytes every ${step} s.`,
+      '',
+      table(['elapsed', 'distinct users so far', 'req/s', 'RSS', 'heap used', 'errors'], rows)
+    ].join('\n')
+    process.stdout.write(`\n${report}\n`)
+    const file = `test/bench/results/soak-${started.toISOString().replace(/[:]/g, '').replace(/\..*/, '')}.md`
+    writeFileSync(file, report)
+    process.stdout.write(`written to ${file}\n`)
   } finally {
     redis.client.disconnect()
     await redis.server.stop()

@@ -151,3 +151,30 @@ test('set is refused with exit 3 while the L2 guard freezes the ramp; lowering s
   assert.equal(lower.code, 0, lower.stderr)
   assert.equal(await redis.client.get('dbshift:{default}:percent'), '5')
 })
+
+test('ramp: started once, refused (exit 3) while one is active, with none active, or while rolled back; shown as JSON', async (t) => {
+  const redis = await startRedis(t)
+  const env = { REDIS_URL: redis.url, DBSHIFT_CONFIG: configFile('{}\n'), DBSHIFT_OPERATOR: 'carol' }
+  const none = await dbshift(env, 'ramp', 'pause')
+  assert.equal(none.code, 3)
+  assert.match(none.stderr, /no ramp schedule is active/)
+
+  const start = await dbshift(env, 'ramp', '1', '5:48h', '20', '--bake', '30m', '--json')
+  assert.equal(start.code, 0, start.stderr)
+  const schedule = start.json().schedule as Record<string, unknown>
+  assert.deepEqual([schedule.status, schedule.step, schedule.by, schedule.steps], ['running', -1, 'carol', [
+    { percent: 1, bakeMs: 1_800_000 }, { percent: 5, bakeMs: 172_800_000 }, { percent: 20, bakeMs: 1_800_000 }
+  ]])
+  const [twice, shown] = await Promise.all([dbshift(env, 'ramp', '50', '100'), dbshift(env, 'ramp')])
+  assert.equal(twice.code, 3)
+  assert.match(twice.stderr, /a ramp schedule is already active \(running, waiting for a dbshift instance to take step 1 of 3 \(1%\)\); "dbshift ramp abort" it first/)
+  assert.equal(shown.stdout, '1% → 5% (2d) → 20%, bake 30m\nrunning, waiting for a dbshift instance to take step 1 of 3 (1%)\n')
+
+  const abort = await dbshift(env, 'ramp', 'abort', '--reason', 'wrong plan')
+  assert.equal(abort.code, 0, abort.stderr)
+  assert.match(abort.stdout, /^aborted before step 1 of 3: aborted by carol: wrong plan$/m)
+  await redis.client.set('dbshift:{default}:state', 'rolled_back')
+  const rolledBack = await dbshift(env, 'ramp', '50')
+  assert.equal(rolledBack.code, 3)
+  assert.match(rolledBack.stderr, /the rollout is rolled back: "dbshift resume" it before starting a ramp/)
+})

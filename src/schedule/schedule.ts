@@ -77,7 +77,7 @@ export function describePlan (steps: RampStep[]): string {
 export function describeProgress (schedule: Schedule, now: number): string {
   const total = schedule.steps.length
   if (schedule.status === 'done') return `done: ${schedule.steps.at(-1)?.percent ?? '?'}% reached`
-  if (schedule.status === 'aborted') return `aborted at step ${schedule.step + 1} of ${total}: ${schedule.note}`
+  if (schedule.status === 'aborted') return `aborted ${schedule.step < 0 ? 'before step 1' : `at step ${schedule.step + 1}`} of ${total}: ${schedule.note}`
   if (schedule.step < 0) return `${schedule.status}, waiting for a dbshift instance to take step 1 of ${total} (${schedule.steps[0]?.percent ?? '?'}%)`
   const step = schedule.steps[schedule.step] as RampStep
   const next = schedule.steps[schedule.step + 1]

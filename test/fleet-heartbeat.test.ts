@@ -59,6 +59,13 @@ test('every instance reports what it applies; status lists them and flags the on
   assert.equal(behind, 1)
   assert.deepEqual(instances.map((m) => [m.id, m.behind]), [['pod-a', null], ['pod-b', null], ['pod-c', 'applies 20%, Redis has 50%']])
 
+  // An invalid value in Redis is ignored by every instance; it is no yardstick for who is behind.
+  await redis.client.set('dbshift:{default}:percent', 'abc')
+  const invalid = await dbshiftJson({ REDIS_URL: redis.url }, 'status')
+  assert.deepEqual(invalid.invalid, [{ key: 'dbshift:{default}:percent', value: 'abc', rule: 'a number from 0 to 100 with at most two decimals' }])
+  assert.equal((invalid.fleet as { behind: number }).behind, 0)
+  await redis.client.set('dbshift:{default}:percent', '50')
+
   // A graceful stop leaves the fleet view at once.
   await b.close()
   const left = await untilFleet(a.adminUrl, (m) => m.length === 2)

@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest, onRequestHookHandler } from 'fastify'
 import { ConflictError, InvalidValueError, RedisUnavailableError } from '../errors.ts'
-import { readFleet } from '../fleet/fleet.ts'
+import { readFleet, type SharedDial } from '../fleet/fleet.ts'
 import { MAX_KEY_BYTES } from '../routing/user-key.ts'
 import { isReady } from '../rollout/redis.ts'
 import type { Actor } from '../rollout/store.ts'
@@ -25,16 +25,19 @@ export async function operationRoutes (app: FastifyInstance, options: OperationO
   const needRedis = (what: string): void => {
     if (!isReady(redis)) throw new RedisUnavailableError(`${what} needs Redis; try again when it is back`)
   }
-  const shared = async (): Promise<{ percent: number, state: string }> => {
-    const { record } = await store.read()
-    return { percent: record.percent ?? config.rollout.initialPercent, state: record.state ?? 'active' }
+  const shared = async (): Promise<{ percent: number, state: string, dial: SharedDial }> => {
+    const { record, invalid } = await store.read()
+    const percent = record.percent ?? config.rollout.initialPercent
+    const state = record.state ?? 'active'
+    const bad = new Set(invalid.map((value) => value.key))
+    return { percent, state, dial: { percent: bad.has(store.keys.percent) ? undefined : percent, state: bad.has(store.keys.state) ? undefined : state } }
   }
 
   app.get('/fleet', async () => {
     needRedis('the fleet view')
-    const state = await shared()
-    const instances = await readFleet(redis, store.keys, state, now())
-    return { ...state, instances, behind: instances.filter((m) => m.behind !== null).length }
+    const { percent, state, dial } = await shared()
+    const instances = await readFleet(redis, store.keys, dial, now())
+    return { percent, state, instances, behind: instances.filter((m) => m.behind !== null).length }
   })
 
   app.get<{ Querystring: { count?: string } }>('/audit', {

@@ -1,4 +1,4 @@
-import { readFleet, type FleetMember } from '../fleet/fleet.ts'
+import { readFleet, type FleetMember, type SharedDial } from '../fleet/fleet.ts'
 import type { InvalidValue, RolloutRecord } from '../rollout/store.ts'
 import { describeProgress } from '../schedule/schedule.ts'
 import type { CliContext } from './context.ts'
@@ -10,18 +10,23 @@ export interface SharedState {
   state: string
   record: RolloutRecord
   invalid: InvalidValue[]
+  /** What the instances are compared with: an invalid value in Redis is no yardstick. */
+  dial: SharedDial
 }
 
 export async function readShared (ctx: CliContext): Promise<SharedState> {
   const { record, invalid } = await ctx.store.read()
-  const invalidKeys = new Set(invalid.map((value) => value.key))
-  // An invalid value is ignored by every instance, which keeps its last valid one; the CLI cannot know it, so it
-  // shows the default and the warning.
+  const bad = new Set(invalid.map((value) => value.key))
+  // An invalid value is ignored by every instance, which keeps its last valid one; the CLI cannot know which, so it
+  // shows the default with a warning, and does not hold the instances against it.
+  const percent = record.percent ?? ctx.config.rollout.initialPercent
+  const state = record.state ?? 'active'
   return {
-    percent: record.percent ?? ctx.config.rollout.initialPercent,
-    state: record.state ?? 'active',
+    percent,
+    state,
     record,
-    invalid: invalid.filter((value) => invalidKeys.has(value.key))
+    invalid,
+    dial: { percent: bad.has(ctx.keys.percent) ? undefined : percent, state: bad.has(ctx.keys.state) ? undefined : state }
   }
 }
 
@@ -36,13 +41,13 @@ export async function status (ctx: CliContext): Promise<void> {
     ctx.redis.scard(ctx.keys.allow),
     ctx.redis.scard(ctx.keys.deny)
   ])
-  const fleet = await readFleet(ctx.redis, ctx.keys, shared, now)
+  const fleet = await readFleet(ctx.redis, ctx.keys, shared.dial, now)
   const behind = fleet.filter((member) => member.behind !== null).length
   const trip = shared.record.trip ?? null
 
   const lines = [
     `rollout      ${ctx.config.rollout.name}  (${ctx.keys.percent.replace(/:percent$/, ':*')})`,
-    `percent      ${shared.percent}%${shared.record.percent === undefined ? '  (no value in Redis: the initial percentage)' : ''}`,
+    `percent      ${shared.dial.percent === undefined ? '?  (Redis holds an invalid value: every instance keeps its last valid percentage)' : `${shared.percent}%${shared.record.percent === undefined ? '  (no value in Redis: the initial percentage)' : ''}`}`,
     `state        ${shared.state}${shared.state === 'rolled_back' ? '  (everyone on legacy; "dbshift resume" re-arms the rollout)' : ''}`,
     `trip         ${trip === null ? '—' : `${trip.level} at ${trip.at} by ${trip.by}: ${trip.reason}`}`,
     `freeze       ${freeze === null ? '—' : `frozen by the L2 guard: ${freeze} (raises are refused)`}`,

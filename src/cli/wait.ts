@@ -18,7 +18,7 @@ export async function waitForFleet (ctx: CliContext, timeoutMs: number): Promise
   let fleet: FleetMember[] = []
   for (;;) {
     const shared = await readShared(ctx)
-    fleet = await readFleet(ctx.redis, ctx.keys, shared, Date.now())
+    fleet = await readFleet(ctx.redis, ctx.keys, shared.dial, Date.now())
     const behind = fleet.filter((m) => m.behind !== null).map((m) => ({ id: m.id, behind: m.behind as string }))
     if (behind.length === 0 || Date.now() >= deadline) return { confirmed: behind.length === 0, instances: fleet.length, behind }
     await new Promise((resolve) => setTimeout(resolve, 100))

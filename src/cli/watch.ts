@@ -33,7 +33,7 @@ export async function watch (ctx: CliContext, options: WatchOptions): Promise<vo
 
   const rates = async (): Promise<void> => {
     const shared = await readShared(ctx)
-    const fleet = await readFleet(ctx.redis, ctx.keys, shared, Date.now())
+    const fleet = await readFleet(ctx.redis, ctx.keys, shared.dial, Date.now())
     const sum = (version: 'legacy' | 'migrated'): { rps: number, errorRate: number } => {
       const rps = fleet.reduce((total, m) => total + m.traffic[version].rps, 0)
       const errors = fleet.reduce((total, m) => total + m.traffic[version].rps * m.traffic[version].errorRate, 0)

@@ -11,11 +11,17 @@ export interface FleetMember extends InstanceBeat {
 /** An instance that has not read Redis for this long is flagged even when its state still matches. */
 export const STALE_SYNC_MS = 5_000
 
+/** The state every instance should apply; undefined where Redis holds an invalid value (each keeps its last valid one). */
+export interface SharedDial {
+  percent: number | undefined
+  state: string | undefined
+}
+
 /**
  * The live instances (expired beats left out) and, for each, whether it lags behind the shared state:
  * another percentage or state than Redis holds, a rollback not yet written, or no read of Redis for a while.
  */
-export async function readFleet (redis: RedisClient, keys: RolloutKeys, shared: { percent: number, state: string }, now: number): Promise<FleetMember[]> {
+export async function readFleet (redis: RedisClient, keys: RolloutKeys, shared: SharedDial, now: number): Promise<FleetMember[]> {
   const raw = await redis.hgetall(keys.instances)
   const members: FleetMember[] = []
   for (const text of Object.values(raw)) {
@@ -31,10 +37,10 @@ export async function readFleet (redis: RedisClient, keys: RolloutKeys, shared: 
   return members.sort((a, b) => a.id.localeCompare(b.id))
 }
 
-function lag (beat: InstanceBeat, shared: { percent: number, state: string }): string | null {
+function lag (beat: InstanceBeat, shared: SharedDial): string | null {
   if (beat.rollbackPending) return 'rolled back locally; not yet written to Redis'
-  if (beat.state !== shared.state) return `applies state ${beat.state}, Redis has ${shared.state}`
-  if (beat.percent !== shared.percent) return `applies ${beat.percent}%, Redis has ${shared.percent}%`
+  if (shared.state !== undefined && beat.state !== shared.state) return `applies state ${beat.state}, Redis has ${shared.state}`
+  if (shared.percent !== undefined && beat.percent !== shared.percent) return `applies ${beat.percent}%, Redis has ${shared.percent}%`
   if (beat.lastSyncAt === 0) return 'has never read Redis'
   if (beat.at - beat.lastSyncAt > STALE_SYNC_MS) return `has not read Redis for ${Math.round((beat.at - beat.lastSyncAt) / 1000)} s`
   return null

@@ -144,7 +144,7 @@ test('Redis paused (CLIENT PAUSE) and asleep (DEBUG SLEEP): requests never wait 
   report('Redis paused 2 s (CLIENT PAUSE ALL)', paused, traffic.slowestMs)
   assert.deepEqual(traffic.failed, [])
   assert.deepEqual(traffic.moved, [])
-  assert.ok(traffic.slowestMs < 1_000, `a request took ${Math.round(traffic.slowestMs)} ms while Redis was paused for 2 s`)
+  assert.ok(traffic.slowestMs < 1_500, `a request took ${Math.round(traffic.slowestMs)} ms while Redis was paused for 2 s`)
 
   traffic.slowestMs = 0
   const before = traffic.sent
@@ -156,7 +156,7 @@ test('Redis paused (CLIENT PAUSE) and asleep (DEBUG SLEEP): requests never wait 
   await sleeper.close()
   assert.deepEqual(traffic.failed, [])
   assert.deepEqual(traffic.moved, [])
-  assert.ok(traffic.slowestMs < 1_000, `a request took ${Math.round(traffic.slowestMs)} ms while Redis slept for 2 s`)
+  assert.ok(traffic.slowestMs < 1_500, `a request took ${Math.round(traffic.slowestMs)} ms while Redis slept for 2 s`)
 
   await redis.client.set('dbshift:{default}:percent', '70')
   await untilRollout(app, (s) => s.percent === 70)

@@ -38,7 +38,7 @@ test('slow clients (slowloris) are cut off after server.headersTimeoutMs without
     await res.arrayBuffer()
     statuses.push(res.status)
   }
-  assert.ok(statuses.length > 20, `only ${statuses.length} requests were served while the slow clients dripped`)
+  assert.ok(statuses.length > 5, `only ${statuses.length} requests were served while the slow clients dripped`)
   assert.deepEqual(new Set(statuses), new Set([200]))
 
   // Every slow client is answered 408 and disconnected, although it kept sending bytes.

@@ -96,6 +96,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const schedules = new ScheduleStore(redis, keys, now)
   const scheduleRunner = new ScheduleRunner({ instanceId, store, schedules, redis, initialPercent: config.rollout.initialPercent, ...runnerTimings(config.redis.pollIntervalMs), now, log })
   sync.on('change', () => { scheduleRunner.kick() }) // a trip aborts the schedule at once
+  sync.on('announced', () => { scheduleRunner.kick() }) // a schedule started or changed is taken up at once
   const stopHandAudit = auditHandChanges({ sync, store, redis, instanceId, log })
   const stopDryRunHold = restartBakeOnDryRun(guards.events, schedules, instanceId, log)
   const forward = createForwarder({

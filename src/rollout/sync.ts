@@ -21,6 +21,8 @@ export interface RolloutSyncEvents {
   persisted: [trip: Trip]
   /** The raw percent or state moved since the previous read (by dbshift or by hand: the fleet audits the latter). */
   dial: [raw: RawDial, previous: RawDial]
+  /** A change was announced on the events channel (any change made through dbshift, the schedule's included). */
+  announced: []
 }
 
 /**
@@ -93,7 +95,9 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
       onReady()
     })
     this.#subscriber.on('message', (channel: string) => {
-      if (channel === this.#store.keys.events) onReady()
+      if (channel !== this.#store.keys.events) return
+      onReady()
+      this.emit('announced')
     })
     if (isReady(this.#subscriber)) subscribe()
     this.#schedule()

@@ -68,7 +68,7 @@ if old == 'rolled_back' then return 0 end
 redis.call('SET', KEYS[1], 'rolled_back')
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'level', ARGV[1], 'reason', ARGV[2], 'at', ARGV[3], 'by', ARGV[4])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'at', ARGV[3], 'action', 'rollback', 'old', old or 'active', 'new', 'rolled_back', 'by', ARGV[4], 'source', ARGV[5], 'reason', ARGV[2], 'level', ARGV[1])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'at', ARGV[8], 'action', 'rollback', 'old', old or 'active', 'new', 'rolled_back', 'by', ARGV[4], 'source', ARGV[5], 'reason', ARGV[2], 'level', ARGV[1])
 redis.call('PUBLISH', ARGV[6], cjson.encode({action = 'rollback', value = ARGV[1], by = ARGV[4], source = ARGV[5], at = ARGV[3]}))
 return 1
 `
@@ -174,7 +174,9 @@ export class RolloutStore {
   async rollback (trip: Trip, actor: Actor): Promise<boolean> {
     const k = this.keys
     const done = await this.#redis.eval(ROLLBACK, 3, k.state, k.trip, k.audit,
-      trip.level, trip.reason, trip.at, trip.by, actor.source, k.events, AUDIT_MAX_LENGTH)
+      trip.level, trip.reason, trip.at, trip.by, actor.source, k.events, AUDIT_MAX_LENGTH,
+      // The audit stream keeps time in ms like every other entry; the trip hash keeps the trip's own `at`.
+      String(Number.isNaN(Date.parse(trip.at)) ? this.#now() : Date.parse(trip.at)))
     return done === 1
   }
 

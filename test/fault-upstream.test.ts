@@ -75,9 +75,11 @@ test('every member of a pool down: 502 naming that version for its users, the ot
   assert.deepEqual([...figures.statuses.keys()].sort(), [200, 502])
   assert.deepEqual([...figures.servedBy.keys()], ['legacy'], 'the migrated users are answered 502, never served by legacy')
 
-  const res = await request(`${proxy.url}/x`, { headers: { 'x-user-id': 'user-1' } })
-  const body = await res.body.json() as Record<string, string>
-  if (res.statusCode === 502) assert.deepEqual(body, { error: 'DBSHIFT_ERR_UPSTREAM_UNAVAILABLE', message: 'the migrated pool could not answer', version: 'migrated' })
+  const migratedUser = Array.from({ length: 100 }, (_, i) => `user-${i}`).find((user) => proxy.app.router.decide(proxy.app.sync.current, user).version === 'migrated')
+  const res = await request(`${proxy.url}/x`, { headers: { 'x-user-id': migratedUser ?? '' } })
+  assert.equal(res.statusCode, 502)
+  assert.equal(res.headers['x-dbshift-version'], 'migrated')
+  assert.deepEqual(await res.body.json(), { error: 'DBSHIFT_ERR_UPSTREAM_UNAVAILABLE', message: 'the migrated pool could not answer', version: 'migrated' })
 })
 
 test('a member that accepts and never answers: 504 after upstream.headersTimeoutMs, other requests keep flowing', async (t) => {

@@ -20,7 +20,6 @@ export class RolloutKeys {
   readonly instances: string
   readonly schedule: string
   readonly scheduleLease: string
-  readonly guardLease: string
 
   readonly #base: string
 
@@ -39,7 +38,6 @@ export class RolloutKeys {
     this.instances = `${this.#base}:instances`
     this.schedule = `${this.#base}:schedule`
     this.scheduleLease = `${this.#base}:schedule:lease`
-    this.guardLease = `${this.#base}:guard:lease`
   }
 
   /** Claimed (SET NX, expiring) by the one instance that audits a hand-made change; `id` names the change. */

@@ -1,5 +1,6 @@
 import { spawnSync } from 'node:child_process'
 import { existsSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import { freePort, startProcess, waitForHttp, type Started } from './processes.ts'
@@ -7,7 +8,9 @@ import { freePort, startProcess, waitForHttp, type Started } from './processes.t
 /** A redis-server of the benchmark's own (no persistence), and a client to it. */
 export async function startBenchRedis (cpus: string | undefined, extra: string[] = []): Promise<{ url: string, port: number, client: Redis, server: Started }> {
   const port = await freePort()
-  const server = startProcess('redis-server', cpus, 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extra])
+  // A dump file of its own that never exists, so that a stray dump.rdb in the working directory is never loaded.
+  const dump = ['--dir', tmpdir(), '--dbfilename', `dbshift-bench-${port}-${process.pid}.rdb`]
+  const server = startProcess('redis-server', cpus, 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...dump, ...extra])
   const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => 50, maxRetriesPerRequest: 1 })
   client.on('error', () => {})
   const deadline = Date.now() + 10_000

@@ -140,6 +140,8 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
     this.#apply(rolledBack(this.#current, trip))
     try {
       await this.refresh()
+      // A read already in flight began before this rollback was queued and did not write it: one more does.
+      if (this.#pendingRollback !== undefined) await this.refresh()
     } catch {}
     return this.#pendingRollback === undefined
   }

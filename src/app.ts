@@ -51,7 +51,7 @@ export interface App {
   /** Starts following Redis and listens on both ports (config.listen and config.adminListen). */
   listen: () => Promise<{ proxy: AddressInfo, admin: AddressInfo }>
   /** Stops taking requests, drains those in flight, then closes pools and Redis. */
-  close: () => Promise<void>
+  close: (options?: { noticeMs?: number }) => Promise<void>
 }
 
 /** Wires every part together; never listens by itself. */
@@ -169,9 +169,12 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
       await admin.listen(parseHostPort(config.adminListen))
       return { proxy: proxy.server.address() as AddressInfo, admin: admin.server.address() as AddressInfo }
     },
-    async close () {
+    async close (options = {}) {
       closing ??= (async () => {
         draining = true
+        // From now on every answer says Connection: close. Before idle connections are closed (which can cross a
+        // request a client is just sending on one), give busy clients time to hear it and leave on their own.
+        if (options.noticeMs !== undefined) await new Promise((resolve) => setTimeout(resolve, options.noticeMs))
         // An answer that was already under way when the drain began leaves its connection idle: close those too.
         const idle = setInterval(() => proxy.server.closeIdleConnections(), 250).unref()
         await Promise.all([proxy.close(), admin.close()]).finally(() => clearInterval(idle))

@@ -5,6 +5,9 @@ import { buildApp, type App } from './app.ts'
 import { startWorkersOr } from './cluster.ts'
 import { loadConfig, type Config } from './config.ts'
 
+/** How long a draining instance keeps its open connections, answering with Connection: close, before closing idle ones. */
+const DRAIN_NOTICE_MS = 1_000
+
 /** Starts dbshift from the config file and the environment; exits 2 on a bad configuration. */
 export async function main (overrides?: (config: Config) => void): Promise<{ app: App, proxy: AddressInfo, admin: AddressInfo }> {
   let config: Config
@@ -24,7 +27,7 @@ export async function main (overrides?: (config: Config) => void): Promise<{ app
   closeWithGrace({ delay: config.server.shutdownGraceMs }, async ({ signal, err }) => {
     if (err !== undefined) log.error({ err }, 'shutting down after an error')
     else log.info({ signal }, 'shutting down: draining in-flight requests')
-    await app.close()
+    await app.close({ noticeMs: DRAIN_NOTICE_MS })
   })
   return { app, proxy, admin }
 }

@@ -217,3 +217,17 @@ test('a resume re-arms L1, and the failures that caused the trip do not trip it 
   assert.equal(evaluation.verdict.trip, false)
   assert.equal(proxy.app.sync.current.rolledBack, false)
 })
+
+// Regression: with these windows both resolve to the same slot width and once shared their Redis keys, so
+// every request was counted twice and 12 errors looked like 24.
+test('two windows with the same slot width count each request once', async (t) => {
+  const { proxies, migrated } = await fleet(t, 1, { fastWindowMs: 30_000, windowMs: 60_000, fastMinRequests: 20, minRequests: 20 })
+  const proxy = proxies[0] as TestProxy
+  migrated.fail = true
+  for (let n = 0; n < 12; n++) assert.equal((await getAs(proxy.url, `user-${n}`)).status, 500)
+  const [evaluation] = await nextEvent(proxy, 'evaluated', fleetSaw(12))
+  assert.deepEqual(evaluation.totals.fast.migrated, { requests: 12, errors: 12 })
+  assert.deepEqual(evaluation.totals.long.migrated, { requests: 12, errors: 12 })
+  assert.equal(evaluation.verdict.trip, false)
+  assert.equal(proxy.app.sync.current.rolledBack, false)
+})

@@ -84,6 +84,8 @@ export class FleetCounts {
     for (const counts of drained) {
       if (!this.#versions.includes(counts.version)) continue
       for (const window of ['fast', 'long'] as const) {
+        // Two windows with the same slot width share their Redis keys: count into them once.
+        if (window === 'long' && this.#resolutions.long.widthMs === this.#resolutions.fast.widthMs) continue
         const index = Math.floor((counts.slot * slotMs) / this.#resolutions[window].widthMs)
         const id = `${window}|${counts.version}|${index}`
         const entry = this.#pending.get(id) ?? { version: counts.version, window, index, requests: 0, errors: 0 }

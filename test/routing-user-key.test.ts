@@ -16,6 +16,12 @@ test('a missing, empty, over-long, non-UTF-8 or control-character key is anonymo
   assert.equal(reader.read({ 'x-user-id': 'bob\u0001' }), undefined)
   assert.equal(reader.read({ 'x-user-id': 'tab\there' }), undefined)
   assert.equal(reader.read({ 'x-user-id': ['a', 'b'] as unknown as string }), undefined) // sent twice: ambiguous
+  // Node joins a header sent twice with ", ": the raw headers tell it apart from one value.
+  assert.equal(reader.read({ 'x-user-id': 'alice, bob' }, ['Host', 'x', 'X-User-ID', 'alice', 'x-user-id', 'bob']), undefined)
+  assert.equal(reader.read({ 'x-user-id': 'alice, bob' }, ['Host', 'x', 'X-User-ID', 'alice, bob']), 'alice, bob')
+  // C1 control characters (here U+0085, NEXT LINE) are control characters too.
+  assert.equal(reader.read({ 'x-user-id': asHeader(Buffer.from('a\u0085b', 'utf8')) }), undefined)
+  assert.equal(reader.read({ 'x-user-id': asHeader(Buffer.from('a\u00a0b', 'utf8')) }), asHeader(Buffer.from('a\u00a0b', 'utf8')))
 })
 
 test('a UTF-8 key is kept as its raw bytes, and its byte length counts toward the limit', () => {

@@ -78,7 +78,7 @@ export function createForwarder (deps: ForwarderDeps): (req: IncomingMessage, re
       return sendError(res, new BadRequestError(problem), undefined, { connection: 'close' })
     }
 
-    const key = deps.keyReader.read(req.headers)
+    const key = deps.keyReader.read(req.headers, req.rawHeaders)
     const decision = deps.router.decide(deps.rollout(), key)
     const retryAfter = deps.hooks?.pausedFor?.(req.url ?? '/') ?? 0
     if (retryAfter > 0) {

@@ -20,13 +20,21 @@ export class UserKeyReader {
     this.#cookie = cookie
   }
 
-  read (headers: IncomingHttpHeaders): string | undefined {
+  /**
+   * `rawHeaders` (the request's, when there is one) tells a header sent twice apart from one value: Node joins
+   * duplicates with ", ", and a key sent twice is ambiguous, so anonymous.
+   */
+  read (headers: IncomingHttpHeaders, rawHeaders?: readonly string[]): string | undefined {
     const value = headers[this.#header]
-    if (typeof value === 'string') return this.#valid(value)
-    if (value !== undefined) return undefined // the header was sent twice: ambiguous, so anonymous
+    if (typeof value === 'string') return rawHeaders !== undefined && this.#sentTwice(rawHeaders) ? undefined : this.#valid(value)
+    if (value !== undefined) return undefined
     if (this.#cookie === undefined) return undefined
     const cookie = headers.cookie
     return cookie === undefined ? undefined : this.#valid(cookieValue(cookie, this.#cookie))
+  }
+
+  #sentTwice (rawHeaders: readonly string[]): boolean {
+    return countOf(rawHeaders, this.#header) > 1
   }
 
   #valid (key: string | undefined): string | undefined {
@@ -37,12 +45,25 @@ export class UserKeyReader {
     for (let i = 0; i < n; i++) {
       const c = key.charCodeAt(i)
       if (c < 0x20 || c === 0x7f) return undefined
-      if (c > 0x7f) ascii = false
+      if (c > 0x7f) {
+        ascii = false
+        // C1 control characters (U+0080–U+009F) are the bytes C2 80 … C2 9F in UTF-8.
+        if (c === 0xc2 && i + 1 < n && key.charCodeAt(i + 1) <= 0x9f) return undefined
+      }
     }
     if (ascii) return key
     this.#scratch.write(key, 0, 'latin1')
     return isUtf8(this.#scratch.subarray(0, n)) ? key : undefined
   }
+}
+
+function countOf (rawHeaders: readonly string[], name: string): number {
+  let count = 0
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const raw = rawHeaders[i] as string
+    if (raw.length === name.length && raw.toLowerCase() === name) count++
+  }
+  return count
 }
 
 function cookieValue (header: string, name: string): string | undefined {

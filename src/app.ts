@@ -5,6 +5,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } 
 import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { parseHostPort, type Config } from './config.ts'
+import { BadRequestError } from './errors.ts'
 import { Metrics } from './metrics.ts'
 import { Router } from './routing/decide.ts'
 import { UserKeyReader } from './routing/user-key.ts'
@@ -14,7 +15,7 @@ import { RolloutStore } from './rollout/store.ts'
 import { RolloutSync } from './rollout/sync.ts'
 import { TrafficWindow } from './traffic/window.ts'
 import { createPools, closePools } from './proxy/pools.ts'
-import { createForwarder } from './proxy/forward.ts'
+import { createForwarder, sendError } from './proxy/forward.ts'
 import { adminRoutes } from './admin/routes.ts'
 import { createGuards, type Guards } from './guards/index.ts'
 import { Heartbeat } from './fleet/heartbeat.ts'
@@ -118,6 +119,11 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const proxy = Fastify({
     loggerInstance: log as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
+    // A target fastify cannot route (bad percent-encoding, …) gets the same JSON shape as every other refusal.
+    frameworkErrors: (error, _request, reply) => {
+      reply.hijack()
+      sendError(reply.raw, new BadRequestError(error.message), undefined, { connection: 'close' })
+    },
     exposeHeadRoutes: false,
     // While draining, requests already on a connection are still served (with Connection: close), not refused.
     return503OnClosing: false,

@@ -169,7 +169,7 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
   }
   let parsed: unknown
   try {
-    parsed = parseYaml(text)
+    parsed = parseYaml(text, { logLevel: 'error' }) // problems are reported here, once, not printed by the parser
   } catch (err) {
     throw new ConfigError(`${path}: not valid YAML (${(err as Error).message.split('\n')[0]})`, { cause: err })
   }

@@ -77,3 +77,20 @@ test('with one member of a pool down, idempotent requests are retried on another
   }
   assert.equal(migrated.requests.length, 0, 'nothing went to the other version')
 })
+
+test('a request target fastify cannot route gets the same JSON 400 as every other refusal', async (t) => {
+  const redis = await startRedis(t)
+  const legacy = await startUpstream(t, 'legacy')
+  const migrated = await startUpstream(t, 'migrated')
+  const proxy = await startProxy(t, testConfig(redis.url, legacy.url, migrated.url))
+  const answer = await new Promise<{ status: number | undefined, body: string }>((resolve, reject) => {
+    request(`${proxy.url}/%`, (res) => {
+      let body = ''
+      res.on('data', (chunk: Buffer) => { body += chunk.toString() })
+      res.on('end', () => resolve({ status: res.statusCode, body }))
+    }).on('error', reject).end()
+  })
+  assert.equal(answer.status, 400)
+  assert.equal((JSON.parse(answer.body) as { error: string }).error, 'DBSHIFT_ERR_BAD_REQUEST')
+  assert.equal(legacy.requests.length + migrated.requests.length, 0)
+})

@@ -2,30 +2,14 @@ import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import type { ServerResponse } from 'node:http'
 import { test, type TestContext } from 'node:test'
-import type { GuardEvents } from '../src/guards/index.ts'
 import type { L1Evaluation } from '../src/guards/l1-error-rate.ts'
-import { getAs, startProxy, startRedis, startUpstream, testConfig, untilRollout, type TestProxy, type TestRedis } from './helpers.ts'
+import { getAs, nextGuardEvent, startProxy, startRedis, startUpstream, testConfig, type TestProxy, type TestRedis, untilRollout } from './helpers.ts'
 
 /** A rollout name of this file's own: its keys cannot meet any other test's. */
 const ROLLOUT = 'guard-l1'
 
 /** Short windows so that a test sees a whole decision in a second or two. */
 const L1 = { fastWindowMs: 2_000, fastMinRequests: 20, fastErrorRate: 0.5, windowMs: 60_000, minRequests: 100, errorRate: 0.05, evaluateIntervalMs: 100 }
-
-/** The next event `name` from an instance's guards that satisfies `predicate`. */
-async function nextEvent<K extends keyof GuardEvents> (proxy: TestProxy, name: K, predicate: (...args: GuardEvents[K]) => boolean = () => true, timeoutMs = 5_000): Promise<GuardEvents[K]> {
-  const events = proxy.app.guards.events
-  return await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { events.off(name, listener as never); reject(new Error(`no matching "${name}" event within ${timeoutMs} ms`)) }, timeoutMs)
-    const listener = (...args: GuardEvents[K]): void => {
-      if (!predicate(...args)) return
-      clearTimeout(timer)
-      events.off(name, listener as never)
-      resolve(args)
-    }
-    events.on(name, listener as never)
-  })
-}
 
 interface Fleet {
   redis: TestRedis
@@ -67,7 +51,7 @@ test('a hard failure of migrated trips L1 once, and all three instances serve le
     await untilRollout(p.app, (s) => s.rolledBack, 10_000)
     return Date.now()
   })
-  const tripped = Promise.race(proxies.map(async (p) => await nextEvent(p, 'trip', (_trip, outcome) => outcome !== 'joined', 10_000)))
+  const tripped = Promise.race(proxies.map(async (p) => await nextGuardEvent(p.app, 'trip', (_trip, outcome) => outcome !== 'joined', 10_000)))
 
   migrated.fail = true
   // Users spread over the three instances, as behind a load balancer.
@@ -102,7 +86,7 @@ test('a hard failure of migrated trips L1 once, and all three instances serve le
 
 test('three instances each below the minimum add up to a fleet decision', async (t) => {
   const { proxies, migrated } = await fleet(t, 3)
-  const decided = Promise.race(proxies.map(async (p) => await nextEvent(p, 'evaluated', (e) => e.verdict.trip)))
+  const decided = Promise.race(proxies.map(async (p) => await nextGuardEvent(p.app, 'evaluated', (e) => e.verdict.trip)))
   migrated.fail = true
   // 8 failing requests on each instance: none has the 20 the fast window needs; the fleet has 24.
   await Promise.all(proxies.map(async (p, i) => {
@@ -121,7 +105,7 @@ test('a 3% error rate never trips', async (t) => {
   migrated.failEvery = (n) => n % 33 === 32 // spread out: 3% at every point in time, not a burst of 6% now and then
   for (let n = 0; n < 300; n++) await getAs(proxy.url, `user-${n}`)
   assert.equal(migrated.served, 300)
-  const [evaluation] = await nextEvent(proxy, 'evaluated', fleetSaw(300))
+  const [evaluation] = await nextGuardEvent(proxy.app, 'evaluated', fleetSaw(300))
   assert.deepEqual(evaluation.totals.long.migrated, { requests: 300, errors: 9 })
   assert.equal(evaluation.verdict.trip, false, evaluation.verdict.reason)
   assert.equal(proxy.app.sync.current.rolledBack, false)
@@ -133,7 +117,7 @@ test('100% errors on fewer than the minimum requests never trips', async (t) => 
   const proxy = proxies[0] as TestProxy
   migrated.fail = true
   for (let n = 0; n < 19; n++) assert.equal((await getAs(proxy.url, `user-${n}`)).status, 500)
-  const [evaluation] = await nextEvent(proxy, 'evaluated', fleetSaw(19))
+  const [evaluation] = await nextGuardEvent(proxy.app, 'evaluated', fleetSaw(19))
   assert.deepEqual(evaluation.totals.fast.migrated, { requests: 19, errors: 19 })
   assert.equal(evaluation.verdict.trip, false)
   assert.match(evaluation.verdict.reason, /19 of the 20 requests needed/)
@@ -146,7 +130,7 @@ test('comparison mode: a failure both versions share does not trip; then legacy 
   legacy.fail = true
   migrated.fail = true
   for (let n = 0; n < 80; n++) assert.equal((await getAs(proxy.url, `user-${n}`)).status, 500)
-  const [shared] = await nextEvent(proxy, 'evaluated', (e) => e.source === 'fleet' && e.totals.fast.migrated.requests + e.totals.fast.legacy.requests >= 80)
+  const [shared] = await nextGuardEvent(proxy.app, 'evaluated', (e) => e.source === 'fleet' && e.totals.fast.migrated.requests + e.totals.fast.legacy.requests >= 80)
   assert.ok(shared.totals.fast.migrated.requests >= 20 && shared.totals.fast.legacy.requests >= 20, JSON.stringify(shared.totals.fast))
   assert.equal(shared.verdict.trip, false)
   assert.match(shared.verdict.reason, /legacy fails too/)
@@ -154,7 +138,7 @@ test('comparison mode: a failure both versions share does not trip; then legacy 
 
   // Only migrated fails now: that is the migration's fault.
   legacy.fail = false
-  const tripped = nextEvent(proxy, 'trip')
+  const tripped = nextGuardEvent(proxy.app, 'trip')
   for (let n = 0; !proxy.app.sync.current.rolledBack && n < 400; n++) await getAs(proxy.url, `later-${n}`)
   const [trip] = await tripped
   assert.equal(trip.level, 'L1')
@@ -169,7 +153,7 @@ test('a trip while Redis is down protects users at once, and is written to Redis
   await lost
 
   migrated.fail = true
-  const tripped = nextEvent(proxy, 'trip')
+  const tripped = nextGuardEvent(proxy.app, 'trip')
   let failed = 0
   while (!proxy.app.sync.current.rolledBack && failed < 200) {
     if ((await getAs(proxy.url, `user-${failed}`)).status === 500) failed++
@@ -203,7 +187,7 @@ test('a resume re-arms L1, and the failures that caused the trip do not trip it 
   await untilRollout(proxy.app, (s) => !s.rolledBack)
   assert.equal(await redis.client.exists(`dbshift:{${ROLLOUT}}:trip`), 0)
   // Healthy traffic after the resume; the 60 s window still holds the failures from before it.
-  const healthy = nextEvent(proxy, 'evaluated', (e) => e.source === 'fleet' && e.totals.fast.migrated.requests >= 20, 8_000)
+  const healthy = nextGuardEvent(proxy.app, 'evaluated', (e) => e.source === 'fleet' && e.totals.fast.migrated.requests >= 20, 8_000)
   let sent = 0
   const control = { stop: false }
   const traffic = (async () => {
@@ -225,7 +209,7 @@ test('two windows with the same slot width count each request once', async (t) =
   const proxy = proxies[0] as TestProxy
   migrated.fail = true
   for (let n = 0; n < 12; n++) assert.equal((await getAs(proxy.url, `user-${n}`)).status, 500)
-  const [evaluation] = await nextEvent(proxy, 'evaluated', fleetSaw(12))
+  const [evaluation] = await nextGuardEvent(proxy.app, 'evaluated', fleetSaw(12))
   assert.deepEqual(evaluation.totals.fast.migrated, { requests: 12, errors: 12 })
   assert.deepEqual(evaluation.totals.long.migrated, { requests: 12, errors: 12 })
   assert.equal(evaluation.verdict.trip, false)

@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict'
 import { test, type TestContext } from 'node:test'
 import { buildApp, type App } from '../src/app.ts'
-import type { GuardEvents } from '../src/guards/index.ts'
-import { captureLogs, getAs, startRedis, startUpstream, testConfig, untilRollout, type TestRedis } from './helpers.ts'
+import { captureLogs, getAs, nextGuardEvent, startRedis, startUpstream, testConfig, type TestRedis, untilRollout } from './helpers.ts'
 
 /** A rollout name of this file's own: its keys cannot meet any other test's. */
 const ROLLOUT = 'guard-l2'
@@ -10,20 +9,6 @@ const ROLLOUT = 'guard-l2'
 const TOKEN = 'l2-test-token-0123456789'
 const LOAD = `dbshift:{${ROLLOUT}}:signal:db_load`
 const FREEZE = `dbshift:{${ROLLOUT}}:freeze`
-
-async function nextEvent<K extends keyof GuardEvents> (app: App, name: K, predicate: (...args: GuardEvents[K]) => boolean = () => true, timeoutMs = 5_000): Promise<GuardEvents[K]> {
-  const events = app.guards.events
-  return await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { events.off(name, listener as never); reject(new Error(`no matching "${name}" event within ${timeoutMs} ms`)) }, timeoutMs)
-    const listener = (...args: GuardEvents[K]): void => {
-      if (!predicate(...args)) return
-      clearTimeout(timer)
-      events.off(name, listener as never)
-      resolve(args)
-    }
-    events.on(name, listener as never)
-  })
-}
 
 interface Instance {
   app: App
@@ -52,9 +37,9 @@ async function start (t: TestContext, redis: TestRedis, upstreams: { legacy: str
 /** Sets the load signal and waits until the instance has read it (after moving its clock by `advanceMs`). */
 async function load (redis: TestRedis, instance: Instance, value: string, advanceMs = 0): Promise<void> {
   await redis.client.set(LOAD, value)
-  await nextEvent(instance.app, 'signals', (values) => values.get(LOAD) === value)
+  await nextGuardEvent(instance.app, 'signals', (values) => values.get(LOAD) === value)
   instance.clock.now += advanceMs
-  await nextEvent(instance.app, 'signals')
+  await nextGuardEvent(instance.app, 'signals')
 }
 
 async function raise (instance: Instance, percent: number): Promise<{ status: number, body: Record<string, unknown> }> {
@@ -83,7 +68,7 @@ test('L2 closes the feature routes and freezes the ramp after sustained load, an
   assert.equal((await getAs(url, 'alice', '/beta/reports')).status, 200)
   assert.equal(await redis.client.exists(FREEZE), 0)
 
-  const paused = nextEvent(app, 'l2', (on) => on)
+  const paused = nextGuardEvent(app, 'l2', (on) => on)
   instance.clock.now += 30_000
   await paused
   const closed = await fetch(`${url}/beta/reports?year=2026`, { headers: { 'x-user-id': 'alice' } })
@@ -110,7 +95,7 @@ test('L2 closes the feature routes and freezes the ramp after sustained load, an
   // Back under the threshold, for the sustain time: everything reopens.
   await load(redis, instance, '0.3', 59_000)
   assert.equal((await getAs(url, 'alice', '/beta/reports')).status, 503, 'still paused: calm for less than the sustain time')
-  const reopened = nextEvent(app, 'l2', (on) => !on)
+  const reopened = nextGuardEvent(app, 'l2', (on) => !on)
   instance.clock.now += 1_000
   await reopened
   assert.equal((await getAs(url, 'alice', '/beta/reports')).status, 200)
@@ -121,7 +106,7 @@ test('L2 closes the feature routes and freezes the ramp after sustained load, an
 
 test('L2 in dry run only logs and counts what it would have done', async (t) => {
   const { redis, instance } = await setup(t, { dryRun: true, sustainMs: 0 })
-  const wouldHave = nextEvent(instance.app, 'dryRun')
+  const wouldHave = nextGuardEvent(instance.app, 'dryRun')
   await load(redis, instance, '0.99')
   const [level, reason] = await wouldHave
   assert.equal(level, 'L2')
@@ -137,17 +122,17 @@ test('L2 follows the fleet: an instance finding the ramp frozen pauses its featu
   const { redis, instance: first } = await setup(t, { sustainMs: 0 })
   const upstream = await startUpstream(t, 'both')
   const second = await start(t, redis, { legacy: upstream.url, migrated: upstream.url }, { sustainMs: 3_600_000 }, 'i1')
-  const followed = nextEvent(second.app, 'l2', (on) => on)
+  const followed = nextGuardEvent(second.app, 'l2', (on) => on)
   await load(redis, first, '0.9')
   await followed
   assert.equal((await getAs(second.url, 'bob', '/beta/x')).status, 503, 'paused although its own sustain time has not passed')
 
   await redis.client.set(LOAD, 'lots')
-  await nextEvent(first.app, 'signals', (values) => values.get(LOAD) === 'lots')
+  await nextGuardEvent(first.app, 'signals', (values) => values.get(LOAD) === 'lots')
   assert.equal((await getAs(first.url, 'bob', '/beta/x')).status, 503, 'an invalid value changes nothing')
   assert.ok(first.logs.some((line) => line.key === LOAD && line.value === 'lots'), 'and is logged with key and value')
 
-  const reopened = nextEvent(second.app, 'l2', (on) => !on)
+  const reopened = nextGuardEvent(second.app, 'l2', (on) => !on)
   await load(redis, first, '0.1')
   await reopened
   assert.equal((await getAs(second.url, 'bob', '/beta/x')).status, 200)
@@ -170,10 +155,10 @@ test('L2 can read the load from a Prometheus query instead of Redis', async (t) 
   })
   const { redis, instance } = await setup(t, { sustainMs: 0, pollIntervalMs: 100, prometheusUrl: `${prometheus.url}/api/v1/query?query=db_load` })
   await redis.client.set(LOAD, '0.1') // not read: Prometheus is the source
-  await nextEvent(instance.app, 'l2', (on) => on)
+  await nextGuardEvent(instance.app, 'l2', (on) => on)
   assert.equal((await getAs(instance.url, 'carol', '/beta/x')).status, 503)
   assert.ok(prometheus.requests.some((req) => req.url === '/api/v1/query?query=db_load'))
   answer.load = '0.2'
-  await nextEvent(instance.app, 'l2', (on) => !on)
+  await nextGuardEvent(instance.app, 'l2', (on) => !on)
   assert.equal((await getAs(instance.url, 'carol', '/beta/x')).status, 200)
 })

@@ -3,30 +3,15 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { test, type TestContext } from 'node:test'
 import { gzipSync } from 'node:zlib'
 import { compareAnswers, compileIgnore, type Answer } from '../src/guards/compare.ts'
-import type { GuardEvents } from '../src/guards/index.ts'
-import { getAs, startProxy, startRedis, startUpstream, testConfig, type TestProxy, type TestRedis } from './helpers.ts'
+import { getAs, nextGuardEvent, startProxy, startRedis, startUpstream, testConfig, type TestProxy, type TestRedis } from './helpers.ts'
 
 /** A rollout name of this file's own: its keys cannot meet any other test's. */
 const ROLLOUT = 'guard-l3'
 
-async function nextEvent<K extends keyof GuardEvents> (proxy: TestProxy, name: K, predicate: (...args: GuardEvents[K]) => boolean = () => true, timeoutMs = 5_000): Promise<GuardEvents[K]> {
-  const events = proxy.app.guards.events
-  return await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { events.off(name, listener as never); reject(new Error(`no matching "${name}" event within ${timeoutMs} ms`)) }, timeoutMs)
-    const listener = (...args: GuardEvents[K]): void => {
-      if (!predicate(...args)) return
-      clearTimeout(timer)
-      events.off(name, listener as never)
-      resolve(args)
-    }
-    events.on(name, listener as never)
-  })
-}
-
 /** Resolves after `count` shadow comparisons, with their results. */
 async function shadows (proxy: TestProxy, count: number): Promise<string[]> {
   const results: string[] = []
-  await nextEvent(proxy, 'shadow', (result) => { results.push(result); return results.length === count })
+  await nextGuardEvent(proxy.app, 'shadow', (result) => { results.push(result); return results.length === count })
   return results
 }
 
@@ -110,8 +95,8 @@ test('matching answers never trip; mismatches past the threshold roll back and c
   assert.equal(proxy.app.sync.current.rolledBack, false)
 
   migrated.mode = 'different'
-  const tripped = nextEvent(proxy, 'trip')
-  const called = nextEvent(proxy, 'webhook')
+  const tripped = nextGuardEvent(proxy.app, 'trip')
+  const called = nextGuardEvent(proxy.app, 'webhook')
   for (let i = 0; !proxy.app.sync.current.rolledBack && i < 50; i++) await getAs(proxy.url, `other-${i}`, '/orders/1')
   const [trip, outcome] = await tripped
   assert.equal(outcome, 'tripped')
@@ -173,10 +158,10 @@ test('the external inconsistency signal rolls back at once and calls the webhook
   const webhook = await startWebhook(t)
   const { redis, proxy } = await setup(t, { webhookUrl: webhook.url, sampleRate: 0 })
   await redis.client.set(`dbshift:{${ROLLOUT}}:signal:inconsistent`, '0')
-  await nextEvent(proxy, 'signals', (values) => values.get(`dbshift:{${ROLLOUT}}:signal:inconsistent`) === '0')
+  await nextGuardEvent(proxy.app, 'signals', (values) => values.get(`dbshift:{${ROLLOUT}}:signal:inconsistent`) === '0')
   assert.equal(proxy.app.sync.current.rolledBack, false, '0 means consistent')
 
-  const tripped = nextEvent(proxy, 'trip')
+  const tripped = nextGuardEvent(proxy.app, 'trip')
   await redis.client.set(`dbshift:{${ROLLOUT}}:signal:inconsistent`, 'orders: 12 rows differ')
   const [trip] = await tripped
   assert.equal(trip.level, 'L3')
@@ -190,7 +175,7 @@ test('L3 in dry run counts and logs mismatches that would have tripped, and acts
   const webhook = await startWebhook(t)
   const { proxy, migrated } = await setup(t, { dryRun: true, webhookUrl: webhook.url, minComparisons: 3 })
   migrated.mode = 'different'
-  const wouldHave = nextEvent(proxy, 'dryRun')
+  const wouldHave = nextGuardEvent(proxy.app, 'dryRun')
   for (let i = 0; i < 3; i++) await getAs(proxy.url, `user-${i}`, '/orders/1')
   const [level] = await wouldHave
   assert.equal(level, 'L3')

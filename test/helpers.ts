@@ -10,6 +10,7 @@ import { Redis } from 'ioredis'
 import { pino, type Logger } from 'pino'
 import { buildApp, type App } from '../src/app.ts'
 import { resolveConfig, type Config } from '../src/config.ts'
+import type { GuardEvents } from '../src/guards/index.ts'
 import type { RolloutSnapshot } from '../src/rollout/snapshot.ts'
 
 type Teardown = Pick<TestContext, 'after'>
@@ -243,4 +244,19 @@ export function peakRss (pid: number): number {
   const match = /VmHWM:\s+(\d+) kB/.exec(status)
   if (match === null) throw new Error(`no VmHWM for process ${pid}`)
   return Number(match[1]) * 1024
+}
+
+/** The next event `name` from an instance's guards that satisfies `predicate` (rejects after `timeoutMs`). */
+export async function nextGuardEvent<K extends keyof GuardEvents> (app: App, name: K, predicate: (...args: GuardEvents[K]) => boolean = () => true, timeoutMs = 5_000): Promise<GuardEvents[K]> {
+  const events = app.guards.events
+  return await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { events.off(name, listener as never); reject(new Error(`no matching "${name}" event within ${timeoutMs} ms`)) }, timeoutMs)
+    const listener = (...args: GuardEvents[K]): void => {
+      if (!predicate(...args)) return
+      clearTimeout(timer)
+      events.off(name, listener as never)
+      resolve(args)
+    }
+    events.on(name, listener as never)
+  })
 }

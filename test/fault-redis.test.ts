@@ -224,23 +224,6 @@ test('garbage in every key under traffic: the last valid state stays in force, e
   await untilRollout(app, (s) => s.percent === 100)
 })
 
-test('a cold start with Redis down serves the configured initial state, then catches up', async (t) => {
-  const redis = await startRedis(t)
-  const legacy = await startUpstream(t, 'legacy')
-  const migrated = await startUpstream(t, 'migrated')
-  await redis.client.set('dbshift:{default}:percent', '100')
-  await redis.stop()
-  const proxy = await startProxy(t, testConfig(redis.url, legacy.url, migrated.url, { rollout: { initialPercent: 0 } }))
-  const res = await fetch(`${proxy.url}/`, { headers: { 'x-user-id': 'alice' } })
-  assert.equal(res.status, 200)
-  assert.equal(res.headers.get('x-dbshift-version'), 'legacy')
-  await redis.start()
-  await redis.client.set('dbshift:{default}:percent', '100')
-  await untilRollout(proxy.app, (s) => s.percent === 100)
-  const after = await fetch(`${proxy.url}/`, { headers: { 'x-user-id': 'alice' } })
-  assert.equal(after.headers.get('x-dbshift-version'), 'migrated')
-})
-
 /** A connection of its own that blocks the Redis server with DEBUG SLEEP. */
 function startRedisSleeper (redis: TestRedis): { sleep: (seconds: number) => Promise<void>, close: () => Promise<void> } {
   const client = redis.client.duplicate()

@@ -85,6 +85,10 @@ test('L2 closes the feature routes and freezes the ramp after sustained load, an
   assert.equal(refused.body.error, 'DBSHIFT_ERR_RAMP_FROZEN')
   const audit = await redis.client.xrange(`dbshift:{${ROLLOUT}}:audit`, '-', '+')
   assert.ok(audit.some(([, fields]) => fields.includes('freeze')), 'the freeze is in the audit stream')
+  const refusal = audit.find(([, fields]) => fields.includes('set_percent_refused'))?.[1] ?? []
+  assert.equal(refusal[refusal.indexOf('new') + 1], '30', 'the refused raise is in the audit stream')
+  assert.match(refusal[refusal.indexOf('reason') + 1] ?? '', /^the ramp is frozen: L2: database load 0\.95/)
+  assert.ok(instance.logs.some((line) => line.msg === 'refused a raise of the percentage: the ramp is frozen' && line.percent === 30))
   assert.equal((await app.metrics.l2Paused.get()).values[0]?.value, 1)
   assert.equal((await app.metrics.guardTrips.get()).values.find((v) => v.labels.level === 'L2')?.value, 1)
   const status = await (await fetch(`${instance.adminUrl}/status`)).json() as { guards: { l2: { paused: boolean, load: number }, config: { l2: { sustainMs: number } } } }

@@ -106,7 +106,10 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
     const by = authenticate(request)
     if (!isReady(redis)) throw new RedisUnavailableError('moving traffic toward migrated needs Redis; try again when it is back')
     const result = await store.setPercent(request.body.percent, actor(by), request.body.reason)
-    if (!result.applied) throw new RampFrozenError(result.frozenBecause || 'the L2 guard froze it')
+    if (!result.applied) {
+      request.log.warn({ percent: request.body.percent, by, frozenBecause: result.frozenBecause }, 'refused a raise of the percentage: the ramp is frozen')
+      throw new RampFrozenError(result.frozenBecause || 'the L2 guard froze it')
+    }
     await sync.refresh().catch(() => {})
     return { percent: request.body.percent, previous: result.old === '' ? null : result.old }
   })

@@ -54,7 +54,9 @@ export const AUDIT_MAX_LENGTH = 10_000
 const SET_PERCENT = `
 local old = redis.call('GET', KEYS[1])
 if redis.call('EXISTS', KEYS[2]) == 1 and tonumber(ARGV[1]) > (tonumber(old or ARGV[8]) or 0) then
-  return {0, old or '', redis.call('GET', KEYS[2]) or ''}
+  local frozen = redis.call('GET', KEYS[2]) or ''
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'at', ARGV[7], 'action', 'set_percent_refused', 'old', old or '', 'new', ARGV[1], 'by', ARGV[2], 'source', ARGV[3], 'reason', 'the ramp is frozen: ' .. frozen)
+  return {0, old or '', frozen}
 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'at', ARGV[7], 'action', 'set_percent', 'old', old or '', 'new', ARGV[1], 'by', ARGV[2], 'source', ARGV[3], 'reason', ARGV[4])

@@ -260,3 +260,26 @@ export async function nextGuardEvent<K extends keyof GuardEvents> (app: App, nam
     events.on(name, listener as never)
   })
 }
+
+/** Starts a process of the test's own and waits until its output matches `ready`; killed on teardown. */
+export async function startProcess (t: Teardown, command: string, args: string[], ready: RegExp): Promise<ChildProcess> {
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+  t.after(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    const exited = once(child, 'exit')
+    child.kill('SIGKILL')
+    await exited
+  })
+  let out = ''
+  await new Promise<void>((resolve, reject) => {
+    child.once('error', reject)
+    child.once('exit', (code) => reject(new Error(`${command} exited with ${String(code)}: ${out}`)))
+    child.stdout?.on('data', (chunk: Buffer) => {
+      out += chunk.toString()
+      if (ready.test(out)) resolve()
+    })
+  })
+  child.removeAllListeners('exit')
+  child.stdout?.resume()
+  return child
+}

@@ -1,35 +1,11 @@
 import assert from 'node:assert/strict'
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
+import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test, type TestContext } from 'node:test'
 import { Cluster, Redis } from 'ioredis'
-import { freePort, getAs, startProxy, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
-
-/** Starts a Redis process of the test's own and waits until it accepts connections; killed on teardown. */
-async function startServer (t: TestContext, command: string, args: string[], ready: RegExp): Promise<ChildProcess> {
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] })
-  t.after(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    const exited = once(child, 'exit')
-    child.kill('SIGKILL')
-    await exited
-  })
-  let out = ''
-  await new Promise<void>((resolve, reject) => {
-    child.once('error', reject)
-    child.once('exit', (code) => reject(new Error(`${command} exited with ${String(code)}: ${out}`)))
-    child.stdout?.on('data', (chunk: Buffer) => {
-      out += chunk.toString()
-      if (ready.test(out)) resolve()
-    })
-  })
-  child.removeAllListeners('exit')
-  child.stdout?.resume()
-  return child
-}
+import { freePort, getAs, startProcess, startProxy, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
 
 /** Polls an external condition until it holds or the deadline passes. */
 async function until (what: string, check: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
@@ -46,7 +22,7 @@ async function startCluster (t: TestContext): Promise<{ url: string, client: Clu
   t.after(() => rmSync(dir, { recursive: true, force: true }))
   const ports = [await freePort(), await freePort(), await freePort()]
   for (const port of ports) {
-    await startServer(t, 'redis-server', [
+    await startProcess(t, 'redis-server', [
       '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir,
       '--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '2000'
     ], /Ready to accept connections/)
@@ -103,7 +79,7 @@ test('through a redis+sentinel:// URL dbshift finds the master and follows a pla
     `sentinel monitor shop 127.0.0.1 ${master.port} 1`,
     'sentinel down-after-milliseconds shop 5000'
   ].join('\n') + '\n')
-  await startServer(t, 'redis-sentinel', [conf], /Sentinel ID is|monitor master/)
+  await startProcess(t, 'redis-sentinel', [conf], /Sentinel ID is|monitor master/)
   const legacy = await startUpstream(t, 'legacy')
   const migrated = await startUpstream(t, 'migrated')
   const { app, url } = await startProxy(t, testConfig(`redis+sentinel://127.0.0.1:${port}/shop`, legacy.url, migrated.url))

@@ -1,13 +1,11 @@
 import { test, type TestContext } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
 import { Agent, request } from 'undici'
-import { freePort, startProxy, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
+import { freePort, startProcess, startProxy, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
 
 const MASTER = 'shop'
 
@@ -22,24 +20,7 @@ async function startSentinel (t: TestContext, dir: string, masterPort: number): 
     `sentinel failover-timeout ${MASTER} 5000`,
     `sentinel parallel-syncs ${MASTER} 1`
   ].join('\n') + '\n')
-  const child = spawn('redis-sentinel', [conf], { stdio: ['ignore', 'pipe', 'pipe'] })
-  t.after(async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    const exited = once(child, 'exit')
-    child.kill('SIGKILL')
-    await exited
-  })
-  let out = ''
-  await new Promise<void>((resolve, reject) => {
-    child.once('error', reject)
-    child.once('exit', (code) => reject(new Error(`redis-sentinel exited with ${String(code)}: ${out}`)))
-    child.stdout?.on('data', (chunk: Buffer) => {
-      out += chunk.toString()
-      if (out.includes('+monitor master')) resolve()
-    })
-  })
-  child.removeAllListeners('exit')
-  child.stdout?.resume()
+  await startProcess(t, 'redis-sentinel', [conf], /\+monitor master/)
   return port
 }
 

@@ -18,8 +18,9 @@ export async function tripRollout (ctx: GuardContext, events: GuardEmitter, leve
   ctx.log.error({ guard: level, reason, ...detail }, `${level} guard tripped: ${reason}; routing everyone to legacy`)
   const actor = { by: ctx.instanceId, source: 'guard' as const }
   let persisted = await ctx.sync.rollbackLocally(trip, actor)
-  if (!persisted && isReady(ctx.redis)) {
-    // A read already under way when the trip began does not write it; the next one does.
+  // With Redis connected, a write that failed (a command timeout under load) is tried again before the trip is
+  // called pending: whether it was this instance's rollback or another's must come from Redis, not a guess.
+  for (let attempt = 0; !persisted && isReady(ctx.redis) && attempt < 3; attempt++) {
     await ctx.sync.refresh().catch(() => {})
     persisted = !ctx.sync.rollbackPending
   }

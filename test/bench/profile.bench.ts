@@ -1,11 +1,8 @@
 // `node --import tsx test/bench/profile.bench.ts`: dbshift under full load with --cpu-prof, then the frames that
 // took the most CPU (self time), to see where a request's time goes. PROFILE_SECONDS (10).
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { availableParallelism, tmpdir } from 'node:os'
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { startUpstreamNginx } from './lib/nginx.ts'
-import { freePort, startProcess, waitForHttp } from './lib/processes.ts'
-import { buildDbshift, startBenchRedis } from './lib/services.ts'
+import { startDbshift, withBenchStack } from './lib/services.ts'
 import { table } from './lib/stats.ts'
 import { runWrk } from './lib/wrk.ts'
 
@@ -52,26 +49,11 @@ export function groups (profile: { nodes: ProfileNode[] }): Array<{ group: strin
 
 async function main (): Promise<void> {
   const seconds = Number(process.env.PROFILE_SECONDS ?? 10)
-  const pin = availableParallelism() >= 2
-  const proxyCpu = pin ? '0' : undefined
-  const loadCpu = pin ? String(availableParallelism() - 1) : undefined
-  const dir = mkdtempSync(join(tmpdir(), 'dbshift-profile-'))
-  buildDbshift()
-  const ports = { legacy: await freePort(), migrated: await freePort() }
-  const upstream = startUpstreamNginx(join(dir, 'upstream'), loadCpu, ports)
-  const redis = await startBenchRedis(loadCpu)
-  try {
-    await waitForHttp(`http://127.0.0.1:${ports.legacy}/`, upstream)
-    await redis.client.set('dbshift:{default}:percent', '20')
-    const port = await freePort()
-    const adminPort = await freePort()
-    const config = join(dir, 'dbshift.yaml')
-    writeFileSync(config, `listen: 127.0.0.1:${port}\nadminListen: 127.0.0.1:${adminPort}\npools: { legacy: ['http://127.0.0.1:${ports.legacy}'], migrated: ['http://127.0.0.1:${ports.migrated}'] }\nredis: { url: '${redis.url}' }\nlog: { level: warn }\n`)
+  await withBenchStack('profile', async ({ dir, proxyCpu, loadCpu, redis, pools }) => {
     const profiles = join(dir, 'profiles')
-    const dbshift = startProcess('dbshift', proxyCpu, process.execPath, ['--cpu-prof', '--cpu-prof-dir', profiles, 'dist/main.js'], { env: { ...process.env, DBSHIFT_CONFIG: config } })
-    await waitForHttp(`http://127.0.0.1:${port}/`, dbshift)
-    await runWrk(`http://127.0.0.1:${port}`, { seconds: 3, connections: 64, cpus: loadCpu, userOffset: 1e8 })
-    const result = await runWrk(`http://127.0.0.1:${port}`, { seconds, connections: 64, cpus: loadCpu })
+    const dbshift = await startDbshift(dir, proxyCpu, { redisUrl: redis.url, ...pools, nodeArgs: ['--cpu-prof', '--cpu-prof-dir', profiles] })
+    await runWrk(dbshift.url, { seconds: 3, connections: 64, cpus: loadCpu, userOffset: 1e8 })
+    const result = await runWrk(dbshift.url, { seconds, connections: 64, cpus: loadCpu })
     await dbshift.stop() // SIGTERM: a clean exit writes the profile
     const file = readdirSync(profiles).find((f) => f.endsWith('.cpuprofile'))
     if (file === undefined) throw new Error(`no profile written: ${dbshift.output()}`)
@@ -94,12 +76,7 @@ async function main (): Promise<void> {
     const out = `test/bench/results/profile-${new Date().toISOString().replace(/[:]/g, '').replace(/\..*/, '')}.md`
     writeFileSync(out, report)
     process.stdout.write(`written to ${out}\n`)
-  } finally {
-    redis.client.disconnect()
-    await redis.server.stop()
-    await upstream.stop()
-    rmSync(dir, { recursive: true, force: true })
-  }
+  })
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await main()

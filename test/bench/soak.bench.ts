@@ -1,12 +1,9 @@
 // `node --import tsx test/bench/soak.bench.ts`: dbshift under full load for SOAK_SECONDS (600), a new X-User-ID on
 // every request (millions of distinct users), RSS and heap sampled every SOAK_SAMPLE_SECONDS (30): memory must stay
 // flat, since nothing on the request path keeps per-user state.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { availableParallelism, tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { startUpstreamNginx } from './lib/nginx.ts'
-import { freePort, rssOf, waitForHttp } from './lib/processes.ts'
-import { buildDbshift, startBenchRedis, startDbshift } from './lib/services.ts'
+import { writeFileSync } from 'node:fs'
+import { rssOf } from './lib/processes.ts'
+import { startDbshift, withBenchStack } from './lib/services.ts'
 import { fmt, table } from './lib/stats.ts'
 import { runWrk } from './lib/wrk.ts'
 
@@ -20,18 +17,8 @@ async function heapUsed (adminUrl: string): Promise<number> {
 
 async function main (): Promise<void> {
   const started = new Date()
-  const pin = availableParallelism() >= 2
-  const proxyCpu = pin ? '0' : undefined
-  const loadCpu = pin ? String(availableParallelism() - 1) : undefined
-  const dir = mkdtempSync(join(tmpdir(), 'dbshift-soak-'))
-  buildDbshift()
-  const ports = { legacy: await freePort(), migrated: await freePort() }
-  const upstream = startUpstreamNginx(join(dir, 'upstream'), loadCpu, ports)
-  const redis = await startBenchRedis(loadCpu)
-  try {
-    await waitForHttp(`http://127.0.0.1:${ports.legacy}/`, upstream)
-    await redis.client.set('dbshift:{default}:percent', '20')
-    const dbshift = await startDbshift(dir, proxyCpu, { redisUrl: redis.url, legacy: `http://127.0.0.1:${ports.legacy}`, migrated: `http://127.0.0.1:${ports.migrated}` })
+  await withBenchStack('soak', async ({ dir, pinned: pin, proxyCpu, loadCpu, redis, pools }) => {
+    const dbshift = await startDbshift(dir, proxyCpu, { redisUrl: redis.url, ...pools })
     const pid = dbshift.child.pid as number
     const rows: string[][] = []
     let users = 0
@@ -53,12 +40,7 @@ async function main (): Promise<void> {
     const file = `test/bench/results/soak-${started.toISOString().replace(/[:]/g, '').replace(/\..*/, '')}.md`
     writeFileSync(file, report)
     process.stdout.write(`written to ${file}\n`)
-  } finally {
-    redis.client.disconnect()
-    await redis.server.stop()
-    await upstream.stop()
-    rmSync(dir, { recursive: true, force: true })
-  }
+  })
 }
 
 await main()

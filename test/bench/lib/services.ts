@@ -1,8 +1,9 @@
 import { spawnSync } from 'node:child_process'
-import { existsSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
+import { startUpstreamNginx } from './nginx.ts'
 import { freePort, startProcess, waitForHttp, type Started } from './processes.ts'
 
 /** A redis-server of the benchmark's own (no persistence), and a client to it. */
@@ -41,7 +42,7 @@ export function buildDbshift (): void {
 }
 
 /** dbshift from its built entry file (as `npm start` runs it), configured by a YAML file, pinned when cpus is given. */
-export async function startDbshift (dir: string, cpus: string | undefined, options: { redisUrl: string, legacy: string, migrated: string, workers?: number, extra?: string }): Promise<DbshiftProcess> {
+export async function startDbshift (dir: string, cpus: string | undefined, options: { redisUrl: string, legacy: string, migrated: string, workers?: number, extra?: string, nodeArgs?: string[] }): Promise<DbshiftProcess> {
   const port = await freePort()
   const adminPort = await freePort()
   const file = join(dir, `dbshift-${port}.yaml`)
@@ -54,11 +55,47 @@ export async function startDbshift (dir: string, cpus: string | undefined, optio
     'log: { level: warn }',
     options.extra ?? ''
   ].join('\n'))
-  const started = startProcess('dbshift', cpus, process.execPath, ['dist/main.js'], { env: { ...process.env, DBSHIFT_CONFIG: file } })
+  const started = startProcess('dbshift', cpus, process.execPath, [...options.nodeArgs ?? [], 'dist/main.js'], { env: { ...process.env, DBSHIFT_CONFIG: file } })
   const adminUrl = `http://127.0.0.1:${adminPort}`
   await waitForHttp(`${adminUrl}/readyz`, started)
   await waitForHttp(`http://127.0.0.1:${port}/`, started)
   return { ...started, url: `http://127.0.0.1:${port}`, adminUrl }
+}
+
+export interface BenchStack {
+  dir: string
+  /** Whether the proxy and the load run on separate cores. */
+  pinned: boolean
+  proxyCpu: string | undefined
+  loadCpu: string | undefined
+  redis: Awaited<ReturnType<typeof startBenchRedis>>
+  /** The pools' base URLs (the nginx upstream's two ports). */
+  pools: { legacy: string, migrated: string }
+}
+
+/**
+ * The setting of a single-dbshift benchmark: dist/ built, the nginx upstream and Redis on the load core, the
+ * rollout at 20%. Runs `body`, then stops everything whatever happened.
+ */
+export async function withBenchStack (name: string, body: (stack: BenchStack) => Promise<void>): Promise<void> {
+  const pinned = availableParallelism() >= 2
+  const loadCpu = pinned ? String(availableParallelism() - 1) : undefined
+  const dir = mkdtempSync(join(tmpdir(), `dbshift-${name}-`))
+  buildDbshift()
+  const ports = { legacy: await freePort(), migrated: await freePort() }
+  const upstream = startUpstreamNginx(join(dir, 'upstream'), loadCpu, ports)
+  const redis = await startBenchRedis(loadCpu)
+  try {
+    await waitForHttp(`http://127.0.0.1:${ports.legacy}/`, upstream)
+    await redis.client.set('dbshift:{default}:percent', '20')
+    const pools = { legacy: `http://127.0.0.1:${ports.legacy}`, migrated: `http://127.0.0.1:${ports.migrated}` }
+    await body({ dir, pinned, proxyCpu: pinned ? '0' : undefined, loadCpu, redis, pools })
+  } finally {
+    redis.client.disconnect()
+    await redis.server.stop()
+    await upstream.stop()
+    rmSync(dir, { recursive: true, force: true })
+  }
 }
 
 /** Share of `n` requests with distinct users that the target tags as migrated (x-dbshift-version). */

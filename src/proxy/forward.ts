@@ -4,7 +4,7 @@ import type { Logger, LevelWithSilent } from 'pino'
 import { BadRequestError, FeaturePausedError, OverloadedError, UriTooLongError } from '../errors.ts'
 import type { Metrics } from '../metrics.ts'
 import type { Decision, Router, Version } from '../routing/decide.ts'
-import { fromByteString, type UserKeyReader } from '../routing/user-key.ts'
+import { fromByteString, headerCount, type UserKeyReader } from '../routing/user-key.ts'
 import type { RolloutSnapshot } from '../rollout/snapshot.ts'
 import type { TrafficWindow } from '../traffic/window.ts'
 import type { Pools, UpstreamPool } from './pools.ts'
@@ -98,13 +98,7 @@ const refusedConnections = new WeakSet<object>()
 
 /** Why a request must not be forwarded at all, or undefined. Node accepts two Host headers; we do not. */
 function requestProblem (req: IncomingMessage): string | undefined {
-  const raw = req.rawHeaders
-  let hosts = 0
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i] as string
-    if (name.length === 4 && name.toLowerCase() === 'host' && ++hosts > 1) return 'more than one Host header'
-  }
-  return undefined
+  return headerCount(req.rawHeaders, 'host') > 1 ? 'more than one Host header' : undefined
 }
 
 /** One request's trip to the upstream, as an undici dispatch handler (no intermediate streams). */

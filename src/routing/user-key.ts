@@ -34,7 +34,7 @@ export class UserKeyReader {
   }
 
   #sentTwice (rawHeaders: readonly string[]): boolean {
-    return countOf(rawHeaders, this.#header) > 1
+    return headerCount(rawHeaders, this.#header) > 1
   }
 
   #valid (key: string | undefined): string | undefined {
@@ -57,7 +57,8 @@ export class UserKeyReader {
   }
 }
 
-function countOf (rawHeaders: readonly string[], name: string): number {
+/** How many times the header `name` (lower case) was sent, from a request's raw header list. */
+export function headerCount (rawHeaders: readonly string[], name: string): number {
   let count = 0
   for (let i = 0; i < rawHeaders.length; i += 2) {
     const raw = rawHeaders[i] as string

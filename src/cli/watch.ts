@@ -4,7 +4,6 @@ import { connectRedis } from '../rollout/redis.ts'
 import type { AuditEntry } from '../rollout/store.ts'
 import type { CliContext } from './context.ts'
 import { entryJson, entryLine } from './format.ts'
-import { readShared } from './status.ts'
 
 export interface WatchOptions {
   /** How often the fleet's rates are printed. */
@@ -32,8 +31,8 @@ export async function watch (ctx: CliContext, options: WatchOptions): Promise<vo
   else ctx.print('', { type: 'watching', rollout: ctx.config.rollout.name })
 
   const rates = async (): Promise<void> => {
-    const shared = await readShared(ctx)
-    const fleet = await readFleet(ctx.redis, ctx.keys, shared.dial, Date.now())
+    const shared = await ctx.store.read()
+    const fleet = await readFleet(ctx.redis, ctx.keys, shared, Date.now())
     const sum = (version: 'legacy' | 'migrated'): { rps: number, errorRate: number } => {
       const rps = fleet.reduce((total, m) => total + m.traffic[version].rps, 0)
       const errors = fleet.reduce((total, m) => total + m.traffic[version].rps * m.traffic[version].errorRate, 0)

@@ -156,7 +156,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   // multipleOf is checked with a tolerance so that 33.33 is a multiple of 0.01 despite binary floating point.
   const adminAjv = { customOptions: { removeAdditional: false, coerceTypes: false, multipleOfPrecision: 6 } } as const
   // Path parameters up to a user key of 256 bytes, percent-encoded (3 characters a byte), and some room.
-  const admin = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 16_384, ajv: adminAjv, maxParamLength: 1_024 })
+  const admin = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 16_384, ajv: adminAjv, routerOptions: { maxParamLength: 1_024 } })
   await admin.register(adminRoutes, { config, instanceId, sync, store, control, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, now })
 
   let closing: Promise<void> | undefined

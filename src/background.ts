@@ -36,12 +36,16 @@ export function every (name: string, work: () => Promise<void>, options: Periodi
     running ??= work().catch(onError).finally(() => { running = undefined })
     await running
   }
+  // `run` settles without rejecting (onError has the failure); an onError that throws itself is logged here.
+  const next = (): void => {
+    run().catch((err: unknown) => { options.log.error({ err, task: name }, `${name}: its error handler failed`) }).finally(schedule)
+  }
   const schedule = (): void => {
     if (stopped) return
-    timer = setTimeout(() => { run().finally(schedule).catch(() => {}) }, interval())
+    timer = setTimeout(next, interval())
     timer.unref()
   }
-  if (options.immediately === true) run().finally(schedule).catch(() => {})
+  if (options.immediately === true) next()
   else schedule()
   return {
     runNow: async () => {

@@ -3,7 +3,7 @@ import { hostname, userInfo } from 'node:os'
 import { parse as parseYaml } from 'yaml'
 import { DEFAULT_CONFIG_PATH, resolveConfig, type Config } from '../config.ts'
 import { ConfigError, RedisUnavailableError } from '../errors.ts'
-import { pino } from 'pino'
+import { pino, type Logger } from 'pino'
 import type { Actor } from '../control/audit.ts'
 import { RolloutControl } from '../control/commands.ts'
 import { Notifier } from '../control/notify.ts'
@@ -34,6 +34,8 @@ export interface CliContext {
   /** Every change goes through the command layer, as it does from the admin API. */
   control: RolloutControl
   actor: Actor
+  /** Warnings and failures, as JSON lines on stderr. */
+  log: Logger
   json: boolean
   /** Prints the human text, or the JSON value with --json. */
   print: (human: string, json: unknown) => void
@@ -105,6 +107,7 @@ export async function openContext (options: GlobalOptions): Promise<CliContext> 
     schedules,
     control,
     actor: { by: operator(options), source: 'cli' },
+    log,
     json,
     print: (human, value) => { process.stdout.write(json ? `${JSON.stringify(value)}\n` : `${human}\n`) },
     close: async () => {

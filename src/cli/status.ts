@@ -7,13 +7,10 @@ import { ago, entryJson, entryLine, table } from './format.ts'
 export async function status (ctx: CliContext): Promise<void> {
   const now = Date.now()
   const shared = await ctx.store.read()
-  const [freeze, { schedule }, [last], allow, deny] = await Promise.all([
-    ctx.redis.get(ctx.keys.freeze),
-    ctx.schedules.read(),
-    ctx.store.audit(1),
-    ctx.redis.scard(ctx.keys.allow),
-    ctx.redis.scard(ctx.keys.deny)
-  ])
+  const [{ schedule }, [last]] = await Promise.all([ctx.schedules.read(), ctx.store.audit(1)])
+  const { freeze } = shared
+  const allow = shared.allow.length
+  const deny = shared.deny.length
   const fleet = await readFleet(ctx.redis, ctx.keys, shared, now)
   const behind = fleet.filter((member) => member.behind !== null).length
   const trip = shared.trip ?? null

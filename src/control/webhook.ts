@@ -41,7 +41,8 @@ export async function postWebhook (url: string, payload: Record<string, unknown>
         body,
         signal: AbortSignal.timeout(options.timeoutMs)
       })
-      await res.arrayBuffer().catch(() => {})
+      // The answer's body means nothing here; reading it frees the connection, and a broken one changes nothing.
+      await res.arrayBuffer().catch(() => undefined)
       last = { ok: res.ok, attempts: attempt, status: res.status }
       if (res.ok) {
         options.log.info({ url, attempts: attempt, status: res.status }, `${options.what ?? 'webhook'} delivered`)

@@ -27,6 +27,8 @@ export interface SharedRollout {
   deny: string[]
   /** When a resume last re-armed the guards, fleet-wide (ms since the epoch; 0 = never). */
   armedAt: number
+  /** Why the L2 guard froze the ramp (raises are refused), or null. */
+  freeze: string | null
   found: { percent: ValueSource, state: ValueSource }
   /** The dials' raw text (null = missing): what a change made by hand wrote. */
   raw: { percent: string | null, state: string | null }
@@ -74,6 +76,7 @@ export class RolloutStore {
       .smembersBuffer(k.allow)
       .smembersBuffer(k.deny)
       .get(k.armed)
+      .get(k.freeze)
       .exec()
     const invalid: InvalidValue[] = []
     const value = (index: number, key: string): unknown => {
@@ -91,6 +94,7 @@ export class RolloutStore {
     const allow = members(value(3, k.allow) as Buffer[] | null, k.allow, invalid)
     const deny = members(value(4, k.deny) as Buffer[] | null, k.deny, invalid)
     const armedText = value(5, k.armed) as string | null
+    const freeze = value(6, k.freeze) as string | null
 
     const found: SharedRollout['found'] = { percent: 'missing', state: 'missing' }
     let percent: number | undefined
@@ -116,6 +120,7 @@ export class RolloutStore {
       allow,
       deny,
       armedAt,
+      freeze,
       found,
       raw: { percent: percentText, state: stateText },
       invalid

@@ -110,7 +110,7 @@ export class ScheduleRunner {
       await control.record('schedule_runner', this.#actor, { new: this.#o.instanceId, reason: 'took the ramp schedule lease' })
     }
     const shared = await store.read()
-    const frozen = await redis.get(schedules.keys.freeze)
+    const frozen = shared.freeze
     const now = this.#o.now()
     const dial = shared.percent
     const write = async (next: Schedule, action: ScheduleChange['action'], reason: string, percent?: number): Promise<void> => {

@@ -25,7 +25,7 @@ import { Notifier } from './control/notify.ts'
 import { createGuards, type Guards } from './guards/index.ts'
 import { Heartbeat } from './fleet/heartbeat.ts'
 import { ScheduleRunner, runnerTimings } from './schedule/runner.ts'
-import { ScheduleStore } from './schedule/store.ts'
+import { ScheduleStore } from './rollout/schedule-store.ts'
 import { restartBakeOnDryRun } from './schedule/alarms.ts'
 
 /** What the outside world provides; tests pass their own, production lets buildApp create them. */

@@ -9,7 +9,7 @@ import { pino } from 'pino'
 import { RolloutControl } from '../src/control/commands.ts'
 import { RolloutKeys } from '../src/rollout/keys.ts'
 import { RolloutStore } from '../src/rollout/store.ts'
-import { ScheduleStore } from '../src/schedule/store.ts'
+import { ScheduleStore } from '../src/rollout/schedule-store.ts'
 import { freePort, getAs, nextGuardEvent, startProxy, startRedis, startUpstream, testConfig, untilRollout, type TestProxy } from './helpers.ts'
 
 const TOKEN = 'control-test-token-0123456789'

@@ -8,10 +8,10 @@ import { test } from 'node:test'
 import { buildApp } from '../src/app.ts'
 import { pino } from 'pino'
 import { RolloutKeys } from '../src/rollout/keys.ts'
-import { ScheduleStore } from '../src/schedule/store.ts'
+import { ScheduleStore } from '../src/rollout/schedule-store.ts'
 import { RolloutControl } from '../src/control/commands.ts'
 import { RolloutStore } from '../src/rollout/store.ts'
-import { parseSteps, type RampStep } from '../src/schedule/schedule.ts'
+import { parseSteps, type RampStep } from '../src/rollout/schedule.ts'
 import { captureLogs, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
 
 /** Polls Redis (another process's doing) until `check` holds, with a deadline. */

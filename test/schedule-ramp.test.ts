@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { test, type TestContext } from 'node:test'
 import { buildApp, type App } from '../src/app.ts'
-import { parseSteps, type RampStep, type Schedule } from '../src/schedule/schedule.ts'
+import { parseSteps, type RampStep, type Schedule } from '../src/rollout/schedule.ts'
 import { captureLogs, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
 
 const MINUTE = 60_000

@@ -4,8 +4,8 @@ import { unwrap } from '../control/results.ts'
 import { InvalidValueError, RedisUnavailableError } from '../errors.ts'
 import { readFleet } from '../fleet/fleet.ts'
 import { isReady } from '../rollout/redis.ts'
-import { describeProgress, parseSteps } from '../schedule/schedule.ts'
-import type { ScheduleStore } from '../schedule/store.ts'
+import { describeProgress, parseSteps } from '../rollout/schedule.ts'
+import type { ScheduleStore } from '../rollout/schedule-store.ts'
 import type { AdminOptions } from './options.ts'
 
 interface OperationOptions extends AdminOptions {

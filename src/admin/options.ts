@@ -8,7 +8,7 @@ import type { Router } from '../routing/decide.ts'
 import type { RedisClient } from '../rollout/redis.ts'
 import type { RolloutStore } from '../rollout/store.ts'
 import type { RolloutSync } from '../rollout/sync.ts'
-import type { ScheduleStore } from '../schedule/store.ts'
+import type { ScheduleStore } from '../rollout/schedule-store.ts'
 import type { TrafficWindow } from '../traffic/window.ts'
 
 /** What the admin routes read, and the command layer they change the rollout through. */

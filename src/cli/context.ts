@@ -11,7 +11,7 @@ import { liveRollouts } from '../fleet/fleet.ts'
 import { RolloutKeys } from '../rollout/keys.ts'
 import { connectRedis, isReady, type RedisClient } from '../rollout/redis.ts'
 import { RolloutStore } from '../rollout/store.ts'
-import { ScheduleStore } from '../schedule/store.ts'
+import { ScheduleStore } from '../rollout/schedule-store.ts'
 
 /** The options every verb takes (see main.ts). */
 export interface GlobalOptions {

@@ -1,6 +1,6 @@
 import { unwrap } from '../control/results.ts'
 import { InvalidValueError } from '../errors.ts'
-import { describePlan, describeProgress, parseSteps, type RampStep } from '../schedule/schedule.ts'
+import { describePlan, describeProgress, parseSteps, type RampStep } from '../rollout/schedule.ts'
 import type { CliContext } from './context.ts'
 
 export const RAMP_VERBS = ['pause', 'continue', 'abort'] as const

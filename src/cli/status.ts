@@ -1,5 +1,5 @@
 import { readFleet, type FleetMember } from '../fleet/fleet.ts'
-import { describeProgress } from '../schedule/schedule.ts'
+import { describeProgress } from '../rollout/schedule.ts'
 import type { CliContext } from './context.ts'
 import { ago, entryJson, entryLine, table } from './format.ts'
 

@@ -5,8 +5,8 @@ import type { RolloutControl, ScheduleChange } from '../control/commands.ts'
 import type { Lease } from '../control/lease.ts'
 import { isReady, type RedisClient } from '../rollout/redis.ts'
 import type { RolloutStore } from '../rollout/store.ts'
-import { isActive, type Schedule } from './schedule.ts'
-import type { ScheduleStore } from './store.ts'
+import { isActive, type Schedule } from '../rollout/schedule.ts'
+import type { ScheduleStore } from '../rollout/schedule-store.ts'
 
 /** Ticks between checks while no schedule runs (a schedule started meanwhile waits at most this many ticks). */
 const IDLE_TICKS = 5

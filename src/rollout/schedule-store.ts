@@ -1,5 +1,5 @@
-import type { RedisClient } from '../rollout/redis.ts'
-import type { RolloutKeys } from '../rollout/keys.ts'
+import type { RedisClient } from './redis.ts'
+import type { RolloutKeys } from './keys.ts'
 import { decodeSchedule, type Schedule } from './schedule.ts'
 
 /** Reads the ramp schedule from Redis. Changes to it go through the command layer (src/control/). */

@@ -7,7 +7,6 @@ import { Registry } from 'prom-client'
 import { parseHostPort, type Config } from './config.ts'
 import { BadRequestError } from './errors.ts'
 import { Metrics } from './metrics.ts'
-import type { Router } from './routing/decide.ts'
 import { routerFor } from './routing/configured.ts'
 import { UserKeyReader } from './routing/user-key.ts'
 import { RolloutKeys } from './rollout/keys.ts'
@@ -17,12 +16,13 @@ import { RolloutSync } from './rollout/sync.ts'
 import { TrafficWindow } from './traffic/window.ts'
 import { createPools, closePools } from './proxy/pools.ts'
 import { createForwarder, sendError } from './proxy/forward.ts'
+import type { AdminOptions } from './admin/options.ts'
 import { adminRoutes } from './admin/routes.ts'
 import { closeAll, Listeners } from './background.ts'
 import { RolloutControl } from './control/commands.ts'
 import { auditHandChanges } from './control/hand-changes.ts'
 import { Notifier } from './control/notify.ts'
-import { createGuards, type Guards } from './guards/index.ts'
+import { createGuards } from './guards/index.ts'
 import { Heartbeat } from './fleet/heartbeat.ts'
 import { ScheduleRunner, runnerTimings } from './schedule/runner.ts'
 import { ScheduleStore } from './rollout/schedule-store.ts'
@@ -37,21 +37,10 @@ export interface AppDeps {
   now?: () => number
 }
 
-export interface App {
-  config: Config
-  instanceId: string
+/** The parts of a running dbshift: those the admin routes see, and the servers and background work around them. */
+export interface App extends Omit<AdminOptions, 'now' | 'schedules' | 'heartbeat'> {
   proxy: FastifyInstance
   admin: FastifyInstance
-  sync: RolloutSync
-  store: RolloutStore
-  /** The command layer: every change of the rollout goes through it. */
-  control: RolloutControl
-  metrics: Metrics
-  registry: Registry
-  traffic: TrafficWindow
-  router: Router
-  redis: RedisClient
-  guards: Guards
   heartbeat: Heartbeat
   schedules: ScheduleStore
   scheduleRunner: ScheduleRunner

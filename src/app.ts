@@ -73,7 +73,8 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     pollIntervalMs: config.redis.pollIntervalMs,
     fullSyncIntervalMs: config.redis.fullSyncIntervalMs,
     startupWaitMs: config.redis.commandTimeoutMs,
-    now
+    now,
+    failures: metrics.backgroundErrors.labels('rollout_poll')
   }, log)
   metrics.rolloutPercent.set(sync.current.percent)
   sync.on('change', (next, previous) => {
@@ -90,11 +91,11 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const router = routerFor(config.rollout)
   const pools = createPools(config)
   const schedules = new ScheduleStore(redis, keys)
-  const notifier = new Notifier({ ...config.notify, rollout: config.rollout.name, log })
+  const notifier = new Notifier({ ...config.notify, rollout: config.rollout.name, log, failures: metrics.backgroundErrors.labels('notify') })
   const control = new RolloutControl({ redis, store, schedules, initialPercent: config.rollout.initialPercent, log, now, sync, metrics, notifier })
   const guards = createGuards({ config, instanceId, sync, store, control, redis, traffic, metrics, log, now })
-  const heartbeat = new Heartbeat({ instanceId, redis, control, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log })
-  const scheduleRunner = new ScheduleRunner({ instanceId, store, schedules, control, redis, ...runnerTimings(config.redis.pollIntervalMs), now, log })
+  const heartbeat = new Heartbeat({ instanceId, redis, control, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log, failures: metrics.backgroundErrors.labels('heartbeat') })
+  const scheduleRunner = new ScheduleRunner({ instanceId, store, schedules, control, redis, ...runnerTimings(config.redis.pollIntervalMs), now, log, failures: metrics.backgroundErrors.labels('schedule') })
   listeners.on(sync, 'change', () => { scheduleRunner.kick() }) // a trip aborts the schedule at once
   listeners.on(sync, 'announced', () => { scheduleRunner.kick() }) // a schedule started or changed is taken up at once
   const stopHandAudit = auditHandChanges({ sync, store, control, instanceId, log })

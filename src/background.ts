@@ -18,6 +18,8 @@ export interface PeriodicOptions {
    * pass a handler that warns and counts where an operator should know.
    */
   onError?: (err: unknown) => void
+  /** Counts every failed run (dbshift_background_errors_total{task}). */
+  failures?: { inc: () => void }
   log: Logger
 }
 
@@ -30,7 +32,11 @@ export function every (name: string, work: () => Promise<void>, options: Periodi
   let timer: NodeJS.Timeout | undefined
   let running: Promise<void> | undefined
   let stopped = false
-  const onError = options.onError ?? ((err: unknown) => { options.log.debug({ err, task: name }, `${name} failed; trying again later`) })
+  const report = options.onError ?? ((err: unknown) => { options.log.debug({ err, task: name }, `${name} failed; trying again later`) })
+  const onError = (err: unknown): void => {
+    options.failures?.inc()
+    report(err)
+  }
   const interval = typeof options.intervalMs === 'number' ? () => options.intervalMs as number : options.intervalMs
   const run = async (): Promise<void> => {
     running ??= work().catch(onError).finally(() => { running = undefined })

@@ -152,6 +152,8 @@ test('a notification that cannot be delivered is logged with its cause', async (
   const failure = proxy.logs.find((line) => String(line.msg).startsWith('notification could not be delivered'))
   assert.ok(failure !== undefined, 'a failure line')
   assert.match(String(failure.msg), /ECONNREFUSED/)
+  const counted = (await proxy.app.metrics.backgroundErrors.get()).values.find((v) => v.labels.task === 'notify')?.value
+  assert.equal(counted, 1, 'counted in dbshift_background_errors_total{task="notify"}')
 })
 
 test('no-op changes are neither audited nor announced', async (t) => {

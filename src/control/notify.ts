@@ -23,6 +23,8 @@ export interface NotifyOptions {
   retries: number
   rollout: string
   log: Logger
+  /** Counts notifications that could not be delivered. */
+  failures?: { inc: () => void }
 }
 
 const WHAT: Record<NotifyAction, string> = {
@@ -59,6 +61,8 @@ export class Notifier {
       retries: this.#o.retries,
       log: this.#o.log,
       what: 'notification'
+    }).then((result) => {
+      if (!result.ok) this.#o.failures?.inc()
     }).finally(() => this.#pending.delete(sent))
     this.#pending.add(sent)
   }

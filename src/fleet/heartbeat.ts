@@ -36,6 +36,8 @@ export interface HeartbeatOptions {
   intervalMs: number
   now: () => number
   log: Logger
+  /** Counts failed beats. */
+  failures?: { inc: () => void }
 }
 
 /**
@@ -53,7 +55,10 @@ export class Heartbeat {
   readonly #onChange = (): void => {
     this.#soon ??= setTimeout(() => {
       this.#soon = undefined
-      this.beat().catch((err: unknown) => { this.#o.log.debug({ err }, 'heartbeat after a change failed; the next one follows') })
+      this.beat().catch((err: unknown) => {
+        this.#o.failures?.inc()
+        this.#o.log.debug({ err }, 'heartbeat after a change failed; the next one follows')
+      })
     }, 20)
     this.#soon.unref()
   }
@@ -65,7 +70,7 @@ export class Heartbeat {
   start (): void {
     this.#listeners.on(this.#o.sync, 'change', this.#onChange)
     this.#listeners.on(this.#o.sync, 'persisted', this.#onChange)
-    this.#periodic = every('the heartbeat', async () => { await this.beat() }, { intervalMs: this.#o.intervalMs, immediately: true, log: this.#o.log })
+    this.#periodic = every('the heartbeat', async () => { await this.beat() }, { intervalMs: this.#o.intervalMs, immediately: true, log: this.#o.log, failures: this.#o.failures })
   }
 
   /** This instance's beat now. */

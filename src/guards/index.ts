@@ -62,6 +62,7 @@ export function createGuards (ctx: GuardContext): Guards {
         evaluation = every('the L1 evaluation', async () => { await l1.evaluate() }, {
           intervalMs: rules.l1.evaluateIntervalMs,
           log: ctx.log,
+          failures: ctx.metrics.backgroundErrors.labels('l1_evaluation'),
           onError: (err) => { ctx.log.warn({ err, guard: 'L1' }, 'L1 evaluation failed') }
         })
       }

@@ -187,6 +187,7 @@ export class DbLoadGuard {
       this.observe(value)
       this.#write()
     } catch (err) {
+      this.#ctx.metrics.backgroundErrors.labels('l2_prometheus').inc()
       if (!this.#queryFailing) this.#ctx.log.warn({ err, guard: 'L2', url }, 'the L2 Prometheus query failed; keeping the current state')
       this.#queryFailing = true
     }

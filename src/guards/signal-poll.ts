@@ -41,6 +41,7 @@ export class SignalPoll {
     try {
       values = await this.#ctx.redis.mget(...this.#keys)
     } catch (err) {
+      this.#ctx.metrics.backgroundErrors.labels('signal_poll').inc()
       if (!this.#failing) this.#ctx.log.warn({ err }, 'reading the guard signals from Redis failed; will retry')
       this.#failing = true
       return

@@ -22,6 +22,8 @@ export interface RolloutSyncOptions {
   /** How long start() waits for a first connection before serving the initial state. */
   startupWaitMs: number
   now?: () => number
+  /** Counts reads that failed while Redis was connected. */
+  failures?: { inc: () => void }
 }
 
 export interface RolloutSyncEvents {
@@ -129,6 +131,7 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
       this.#log.debug({ err }, 'reading the rollout failed while Redis is away')
       return
     }
+    this.#options.failures?.inc()
     if (!this.#failing) this.#log.warn({ err }, 'reading the rollout from Redis failed although it is connected; routing on the last valid state and retrying')
     this.#failing = true
   }

@@ -23,6 +23,8 @@ export interface ScheduleRunnerOptions {
   leaseMs: number
   now: () => number
   log: Logger
+  /** Counts failed checks. */
+  failures?: { inc: () => void }
 }
 
 /**
@@ -68,7 +70,10 @@ export class ScheduleRunner {
       return
     }
     this.#ticking = this.tick()
-      .catch((err: unknown) => { this.#o.log.warn({ err }, 'checking the ramp schedule failed; retrying') })
+      .catch((err: unknown) => {
+        this.#o.failures?.inc()
+        this.#o.log.warn({ err }, 'checking the ramp schedule failed; retrying')
+      })
       .finally(() => {
         this.#ticking = undefined
         if (this.#again) {

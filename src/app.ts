@@ -96,8 +96,8 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const guards = createGuards({ config, instanceId, sync, store, control, redis, traffic, metrics, log, now })
   const heartbeat = new Heartbeat({ instanceId, redis, control, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log, failures: metrics.backgroundErrors.labels('heartbeat') })
   const scheduleRunner = new ScheduleRunner({ instanceId, store, schedules, control, redis, ...runnerTimings(config.redis.pollIntervalMs), now, log, failures: metrics.backgroundErrors.labels('schedule') })
-  listeners.on(sync, 'change', () => { scheduleRunner.kick() }) // a trip aborts the schedule at once
-  listeners.on(sync, 'announced', () => { scheduleRunner.kick() }) // a schedule started or changed is taken up at once
+  listeners.on(sync, 'change', () => { scheduleRunner.checkNow() }) // a trip aborts the schedule at once
+  listeners.on(sync, 'eventReceived', () => { scheduleRunner.checkNow() }) // a schedule started or changed is taken up at once
   const stopHandAudit = auditHandChanges({ sync, store, control, instanceId, log })
   const stopDryRunHold = restartBakeOnDryRun(guards.events, control, instanceId, log)
   const forward = createForwarder({

@@ -213,6 +213,9 @@ test('admin API: which answers like the router for long and anonymous keys; a wr
   const wrongType = await fetch(`${adminUrl}/allow/bob`, { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}` } })
   assert.equal(wrongType.status, 400)
   assert.deepEqual(Object.keys(await wrongType.json() as object), ['error', 'message'])
+  const listed = await fetch(`${adminUrl}/allow`)
+  assert.equal(listed.status, 400)
+  assert.deepEqual(await listed.json(), { error: 'DBSHIFT_ERR_INVALID_VALUE', message: 'dbshift:{which}:allow holds a value of the wrong Redis type: it must be a set of user keys; fix or delete it by hand' })
 
   const missing = await fetch(`${adminUrl}/no-such-route`)
   assert.equal(missing.status, 404)

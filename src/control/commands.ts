@@ -3,7 +3,7 @@ import type { Metrics } from '../metrics.ts'
 import { MAX_KEY_BYTES } from '../routing/user-key.ts'
 import type { RolloutKeys } from '../rollout/keys.ts'
 import { isReady, type RedisClient } from '../rollout/redis.ts'
-import type { RolloutStore, Trip } from '../rollout/store.ts'
+import { wrongTypeMessage, type RolloutStore, type Trip } from '../rollout/store.ts'
 import type { RolloutSync } from '../rollout/sync.ts'
 import { parsePercent, PERCENT_RULE } from '../rollout/values.ts'
 import { describePlan, describeProgress, isActive, type RampStep, type Schedule } from '../rollout/schedule.ts'
@@ -182,7 +182,7 @@ export class RolloutControl {
     } catch (err) {
       // A key of the wrong Redis type (a string where the set belongs) is a bad value in Redis, not a failure.
       if (!(err instanceof Error) || !err.message.includes('WRONGTYPE')) throw err
-      return refused('DBSHIFT_ERR_INVALID_VALUE', `${this.keys[set]} holds a value of the wrong Redis type: it must be a set of user keys; fix or delete it by hand`)
+      return refused('DBSHIFT_ERR_INVALID_VALUE', wrongTypeMessage(this.keys[set]))
     }
     if (done) await this.#reread()
     return { status: done ? 'ok' : 'noop', set, op, user }

@@ -1,6 +1,7 @@
 import type { RedisClient } from './redis.ts'
 import type { RolloutKeys } from './keys.ts'
 import { parsePercent, parseStateName, PERCENT_RULE, STATE_RULE, type RolloutStateName } from './values.ts'
+import { InvalidValueError } from '../errors.ts'
 import { MAX_KEY_BYTES } from '../routing/user-key.ts'
 
 /** Why the rollout was rolled back: the `trip` hash. */
@@ -127,8 +128,14 @@ export class RolloutStore {
     }
   }
 
+  /** The members of the allow or deny set, sorted; a key of the wrong Redis type is reported as a bad value. */
   async listMembers (set: 'allow' | 'deny'): Promise<string[]> {
-    return (await this.#redis.smembers(this.keys[set])).sort()
+    try {
+      return (await this.#redis.smembers(this.keys[set])).sort()
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.includes('WRONGTYPE')) throw err
+      throw new InvalidValueError(wrongTypeMessage(this.keys[set]), { cause: err })
+    }
   }
 
   /** The newest audit entries, newest first. */
@@ -143,6 +150,11 @@ export function auditEntry (id: string, flat: string[]): AuditEntry {
   const fields: Record<string, string> = {}
   for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i] as string] = flat[i + 1] as string
   return { id, fields }
+}
+
+/** What is said of an allow or deny key that holds another Redis type than a set. */
+export function wrongTypeMessage (key: string): string {
+  return `${key} holds a value of the wrong Redis type: it must be a set of user keys; fix or delete it by hand`
 }
 
 /** The raw percent and state as one string: the poll compares it to see whether anything moved. */

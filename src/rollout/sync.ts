@@ -33,7 +33,7 @@ export interface RolloutSyncEvents {
   /** The raw percent or state moved since the previous read (by dbshift or by hand: the fleet audits the latter). */
   dial: [raw: RawDials, previous: RawDials]
   /** A change was announced on the events channel (any change made through dbshift, the schedule's included). */
-  announced: []
+  eventReceived: []
 }
 
 /**
@@ -110,7 +110,7 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
     this.#listeners.on(this.#subscriber, 'message', (channel: string) => {
       if (channel !== this.#store.keys.events) return
       onReady()
-      this.emit('announced')
+      this.emit('eventReceived')
     })
     if (isReady(this.#subscriber)) subscribe()
     this.#poller = every('the rollout poll', async () => { await this.#poll() }, {

@@ -57,13 +57,13 @@ export class ScheduleRunner {
   start (): void {
     // With no schedule running, look five times less often: that read is most of an idle instance's Redis cost.
     this.#periodic = every('the ramp schedule check', async () => {
-      this.kick()
+      this.checkNow()
       await this.#ticking
     }, { intervalMs: () => this.#running ? this.#o.tickMs : this.#o.tickMs * IDLE_TICKS, immediately: true, log: this.#o.log })
   }
 
   /** Checks now (after a change of the rollout: a trip must abort the schedule at once). */
-  kick (): void {
+  checkNow (): void {
     if (this.#closed) return
     if (this.#ticking !== undefined) {
       this.#again = true
@@ -78,7 +78,7 @@ export class ScheduleRunner {
         this.#ticking = undefined
         if (this.#again) {
           this.#again = false
-          this.kick()
+          this.checkNow()
         }
       })
   }

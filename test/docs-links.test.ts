@@ -48,3 +48,20 @@ test('every docs page is linked from the README\'s map of the docs', () => {
   const docs = pages.filter((page) => page !== 'README.md')
   assert.deepEqual([...new Set(map)].sort(), docs.sort())
 })
+
+test('every repository path the docs name in backticks exists', () => {
+  for (const page of pages) {
+    for (const match of readDoc(page).matchAll(/`((?:src|test|config|deploy|scripts|examples|bin|docs)\/[^`\s]*)`/g)) {
+      const path = match[1] as string
+      if (/[*<…]/.test(path)) continue // a pattern (test/prometheus/*.test.yml), not one file
+      assert.ok(existsSync(path), `${page} names ${path}, which does not exist`)
+    }
+  }
+})
+
+test('every test the failure page names exists', () => {
+  const page = readDoc('docs/failure-behaviour.md')
+  const named = new Set([...page.matchAll(/^\|.*\| `([a-z0-9-]+)`(?::[^|]*)?(?:, `([a-z0-9-]+)`)* \|/gm)].flatMap((m) => [m[1], m[2]]).filter((n) => n !== undefined))
+  assert.ok(named.size > 10, 'the failure page names no tests')
+  for (const name of named) assert.ok(existsSync(`test/${name as string}.test.ts`), `the failure page names test ${name as string}, which does not exist`)
+})

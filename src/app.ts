@@ -194,7 +194,6 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
           ['the change listeners', () => {
             stopHandAudit()
             stopDryRunHold()
-            listeners.removeAll()
           }],
           ['the rollout sync', async () => { await sync.close() }],
           ['the notifications under way', async () => { await notifier.flush() }],
@@ -203,7 +202,9 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
             if (!ownsRedis) return
             redis.disconnect()
             subscriber.disconnect()
-          }]
+          }],
+          // Last: the error listeners stay while the connections close (ioredis wants one for every error).
+          ['the Redis and rollout listeners', () => { listeners.removeAll() }]
         ], log)
       })()
       await closing

@@ -1,15 +1,8 @@
 import assert from 'node:assert/strict'
-import { readdirSync, readFileSync } from 'node:fs'
-import { join, relative } from 'node:path'
+import { readFileSync } from 'node:fs'
+import { relative } from 'node:path'
 import { test } from 'node:test'
-
-/** Every .ts file under `dir`. */
-function sources (dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
-    const path = join(dir, entry.name)
-    return entry.isDirectory() ? sources(path) : entry.name.endsWith('.ts') ? [path] : []
-  })
-}
+import { sourceFiles } from './source-files.ts'
 
 /** A Redis command that writes, sent on a client (`redis.…`, `this.#redis.…`, `ctx.redis.…`). */
 const WRITE = /\b(?:redis|#redis|client|node)\.(set|setex|del|unlink|hset|hdel|sadd|srem|xadd|publish|eval|evalsha|multi|pipeline|expire|pexpire|incr|incrby|hincrby|defineCommand)\(/g
@@ -22,7 +15,7 @@ const TRAFFIC_COUNTS = 'guards/fleet-counts.ts'
 
 test('rollout state is written only by the command layer (src/control/) and its scripts', () => {
   const writers: string[] = []
-  for (const file of sources('src')) {
+  for (const file of sourceFiles('src')) {
     const name = relative('src', file)
     if (name.startsWith('control/') || name === TRAFFIC_COUNTS) continue
     for (const match of readFileSync(file, 'utf8').matchAll(WRITE)) {

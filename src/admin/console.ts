@@ -33,7 +33,7 @@ const ASSETS: Record<string, { file: URL, type: string }> = {
 }
 
 /** Reads that stay open with admin.readToken set: the page itself (it asks for the token) and the probes. */
-const OPEN_READS = new Set(['/', '/healthz', '/readyz'])
+const OPEN_READS = new Set(['/', '/console/assets/:file', '/healthz', '/readyz'])
 
 // The page loads only its own files and talks only to this port; a token typed into it never goes anywhere else.
 const PAGE_HEADERS = {
@@ -55,8 +55,9 @@ async function consoleRoutes (app: FastifyInstance, options: ConsoleOptions): Pr
   if (canRead !== undefined) {
     app.addHook('onRequest', async (request, reply) => {
       if (request.method !== 'GET' && request.method !== 'HEAD') return
-      const path = request.url.split('?')[0] as string
-      if (OPEN_READS.has(path) || path.startsWith('/console/assets/') || canRead(request)) return
+      // The route matched, not the raw path: no spelling of a URL reaches another route through an open one.
+      const route = request.routeOptions.url
+      if ((route !== undefined && OPEN_READS.has(route)) || canRead(request)) return
       const error = new UnauthorizedError()
       await reply.code(401).header('www-authenticate', 'Bearer').send({ error: error.code, message: `${error.message} to read from this admin port (admin.readToken or the admin token)` })
     })

@@ -55,7 +55,7 @@ const num = (value, digits = 2) => value === null || value === undefined ? '–'
 function when (value) {
   if (value === null || value === undefined || value === '') return '–'
   const date = new Date(/^\d+$/.test(String(value)) ? Number(value) : value)
-  return Number.isNaN(date.getTime()) ? String(value) : date.toLocaleString(undefined, { dateStyle: 'short', timeStyle: 'medium' })
+  return Number.isNaN(date.getTime()) ? String(value) : date.toLocaleString(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit' })
 }
 function pick (object, ...names) {
   for (const name of names) if (object?.[name] !== undefined && object[name] !== null) return object[name]
@@ -157,7 +157,7 @@ function renderFleet (result) {
     el('td', {}, `${m.percent}%`),
     el('td', {}, m.state),
     el('td', {}, `${num(m.traffic?.legacy?.rps, 1)} / ${num(m.traffic?.migrated?.rps, 1)}`),
-    el('td', {}, m.behind === null ? 'yes' : el('span', { class: 'badge bad' }, `lagging: ${m.behind}`)))))
+    el('td', { class: 'wrap' }, m.behind === null ? 'yes' : el('span', { class: 'badge bad' }, `lagging: ${m.behind}`)))))
 }
 
 // ---- ramp
@@ -201,9 +201,9 @@ function renderAudit () {
   $('#audit-table tbody').replaceChildren(...rows.map((e) => el('tr', { dataset: { action: e.action } },
     el('td', {}, when(e.at)),
     el('td', {}, e.action),
-    el('td', {}, `${e.old || '–'} → ${e.new || '–'}`),
+    el('td', { class: 'wrap' }, `${e.old || '–'} → ${e.new || '–'}`),
     el('td', {}, `${e.by ?? ''}${e.source ? ` (${e.source})` : ''}`),
-    el('td', {}, e.reason ?? ''))))
+    el('td', { class: 'wrap' }, e.reason ?? ''))))
 }
 
 function updateAudit (result) {

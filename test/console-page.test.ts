@@ -83,6 +83,11 @@ test('the operator console: what it shows, live, and what it does with and witho
     await page.waitForSelector('#audit-table tr[data-action="set_percent"]')
     await redis.client.set('dbshift:{shop}:percent', '45')
     await page.waitForFunction(() => document.querySelector('[data-dial="percent"] dd')?.textContent === '45%')
+    // A freeze (as the L2 guard writes it) shows with its reason, and goes when it is lifted.
+    await redis.client.set('dbshift:{shop}:freeze', 'database load 0.93 > 0.8 for 3 min')
+    await page.waitForFunction(() => /frozen: database load 0.93/.test(document.querySelector('[data-dial="freeze"] dd')?.textContent ?? ''))
+    await redis.client.del('dbshift:{shop}:freeze')
+    await page.waitForFunction(() => document.querySelector('[data-dial="freeze"] dd')?.textContent === 'not frozen')
   })
 
   await t.test('the audit trail filters by text and by action', async () => {

@@ -6,6 +6,8 @@ import type { Config } from '../config.ts'
 import { UnauthorizedError } from '../errors.ts'
 import type { Guards } from '../guards/index.ts'
 import type { Metrics } from '../metrics.ts'
+import type { RolloutKeys } from '../rollout/keys.ts'
+import { isReady, type RedisClient } from '../rollout/redis.ts'
 import type { RolloutSync } from '../rollout/sync.ts'
 import type { TrafficWindow } from '../traffic/window.ts'
 import { readAccess } from './auth.ts'
@@ -18,6 +20,8 @@ export interface ConsoleOptions {
   traffic: TrafficWindow
   guards: Guards
   sync: RolloutSync
+  redis: RedisClient
+  keys: RolloutKeys
   now: () => number
   /** Width of one point of the console's history (default 10 s). */
   sampleMs?: number
@@ -81,6 +85,8 @@ async function consoleRoutes (app: FastifyInstance, options: ConsoleOptions): Pr
 
   app.get('/console/overview', async () => ({
     guards: explainGuards(config.guards, guards.status(), sync.current),
+    // The freeze as Redis holds it (why raises are refused); null when there is none, absent while Redis is away.
+    freeze: isReady(options.redis) ? await options.redis.get(options.keys.freeze).catch(() => undefined) : undefined,
     pools: { legacy: poolMembers(config.pools.legacy), migrated: poolMembers(config.pools.migrated) }
   }))
 

@@ -84,9 +84,9 @@ function renderStatus (status) {
   }
   add('state', status.state, status.state === 'rolled_back' ? 'bad' : 'good')
   if (status.trip) add('trip', `${status.trip.level}: ${status.trip.reason} (${status.trip.by}, ${when(status.trip.at)})`, 'bad')
-  const freeze = pick(status, 'freeze', 'frozen')
+  const freeze = pick(status, 'freeze', 'frozen') ?? lastFreeze
   const l2 = status.guards?.l2
-  if (freeze !== undefined && freeze !== false) add('freeze', describe(freeze), 'warn')
+  if (freeze !== undefined && freeze !== false) add('freeze', `frozen: ${describe(freeze)} (raises are refused)`, 'warn')
   else if (l2?.paused === true) add('freeze', `frozen by L2: ${l2.reason ?? ''}`, 'warn')
   else add('freeze', 'not frozen')
   const wayBack = pick(status, 'wayBack', 'way_back')
@@ -110,7 +110,11 @@ function renderStatus (status) {
 
 // ---- guards, pools
 
+/** The freeze as Redis holds it, from the last /console/overview (null: none). */
+let lastFreeze
+
 function renderOverview (overview) {
+  lastFreeze = overview.freeze ?? undefined
   const cards = overview.guards.map((g) => el('article', { class: `guard ${g.acting ? 'acting' : ''} ${g.enabled ? '' : 'off'}`, dataset: { level: g.level } },
     el('h3', {}, `${g.level} · ${g.name} `,
       el('span', { class: `badge ${g.enabled ? 'on' : ''}` }, g.enabled ? 'enabled' : 'disabled'), ' ',
@@ -291,6 +295,7 @@ async function refresh () {
     api('GET', '/status'), api('GET', '/console/overview'), api('GET', '/fleet'), api('GET', '/schedule'), api('GET', '/audit?count=200')
   ])
   const offline = $('#offline')
+  if (overview.ok) renderOverview(overview.data)
   if (status.ok) {
     $('#need-token').hidden = true
     offline.hidden = true
@@ -300,10 +305,6 @@ async function refresh () {
   } else if (status.status !== 401) {
     offline.hidden = false
     offline.textContent = `cannot read /status: ${status.data.message ?? status.status}`
-  }
-  if (overview.ok) {
-    renderOverview(overview.data)
-    renderPoolHealth(status.data)
   }
   renderFleet(fleet)
   renderSchedule(schedule)

@@ -1,8 +1,13 @@
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtempSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { test } from 'node:test'
 import { resolveConfig } from '../src/config.ts'
-import { startProxy, startRedis, startUpstream, testConfig } from './helpers.ts'
+import { freePort, startProxy, startRedis, startUpstream, testConfig } from './helpers.ts'
 import { openConsole, startBrowser, untilPolled } from './console-browser.ts'
 
 const ADMIN = 'console-admin-token-0123456789'
@@ -81,4 +86,44 @@ test('without admin.readToken the reads stay open, as before', async (t) => {
 test('admin.readToken shorter than 16 characters stops start-up naming the key', () => {
   assert.throws(() => resolveConfig({ pools: { legacy: ['http://a'], migrated: ['http://b'] }, admin: { readToken: 'short' } }),
     /admin\.readToken = "short": must be at least 16 characters/)
+})
+
+test('with workers: 2 the primary\'s own /metrics needs the read token too', async (t) => {
+  const redis = await startRedis(t)
+  const legacy = await startUpstream(t, 'legacy')
+  const migrated = await startUpstream(t, 'migrated')
+  const adminPort = await freePort()
+  const file = join(mkdtempSync(join(tmpdir(), 'dbshift-console-')), 'dbshift.yaml')
+  writeFileSync(file, [
+    `listen: 127.0.0.1:${await freePort()}`,
+    `adminListen: 127.0.0.1:${adminPort}`,
+    'workers: 2',
+    `pools: { legacy: ['${legacy.url}'], migrated: ['${migrated.url}'] }`,
+    `redis: { url: '${redis.url}' }`,
+    `admin: { token: '${ADMIN}', readToken: '${READ}' }`
+  ].join('\n'))
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], { env: { ...process.env, DBSHIFT_CONFIG: file }, stdio: ['ignore', 'pipe', 'inherit'] })
+  const exited = once(child, 'exit')
+  t.after(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    child.kill('SIGTERM')
+    await exited
+  })
+  let out = ''
+  await new Promise<void>((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`dbshift exited with ${String(code)}: ${out}`)))
+    child.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString()
+      if (/"role":"primary".*"msg":"dbshift is listening"/.test(out)) resolve()
+    })
+  })
+  const admin = `http://127.0.0.1:${adminPort}`
+  for (const path of ['/metrics', '/status']) {
+    const refused = await get(admin + path)
+    assert.equal(refused.status, 401, path)
+    assert.equal(JSON.parse(refused.body).error, 'DBSHIFT_ERR_UNAUTHORIZED', path)
+    assert.equal((await get(admin + path, READ)).status, 200, path)
+  }
+  assert.match((await get(`${admin}/metrics`, ADMIN)).body, /dbshift_rollout_percent/)
+  assert.equal((await get(`${admin}/`)).status, 200)
 })

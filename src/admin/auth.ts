@@ -34,7 +34,7 @@ export function requireToken (token: string | undefined, tokenName: string): { h
  * With `admin.readToken` set, an admin read needs `Authorization: Bearer <token>` holding the read token or the admin
  * token (checked like a change, in constant time). Undefined when no read token is configured: reads are open.
  */
-export function readAccess (readToken: string | undefined, adminToken: string | undefined): ((request: FastifyRequest) => boolean) | undefined {
+export function readAccess (readToken: string | undefined, adminToken: string | undefined): ((request: Pick<FastifyRequest, 'headers'>) => boolean) | undefined {
   if (readToken === undefined) return undefined
   const accepted = [readToken, ...(adminToken === undefined ? [] : [adminToken])].map(digest)
   return (request) => {

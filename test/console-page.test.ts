@@ -2,10 +2,11 @@ import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
+import { setTimeout as delay } from 'node:timers/promises'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { getAs, startProxy, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
-import { openConsole, screenshot, startBrowser, untilPolled } from './console-browser.ts'
+import { openConsole, SCREENSHOTS, screenshot, startBrowser, untilPolled } from './console-browser.ts'
 
 const TOKEN = 'console-admin-token-0123456789'
 
@@ -121,7 +122,6 @@ test('the operator console: what it shows, live, and what it does with and witho
     assert.equal(await redis.client.hget('dbshift:{shop}:trip', 'reason'), 'checkout looks wrong')
     await page.waitForFunction(() => document.querySelector('[data-dial="state"] dd')?.textContent === 'rolled_back')
     await page.waitForFunction(() => /rolled back/.test(document.querySelector('[data-level="L1"] .sentence')?.textContent ?? ''))
-    await screenshot(page, 'console-laptop-rolled-back')
 
     // A refusal of the API itself shows its code too: a ramp cannot start while rolled back.
     await page.fill('#ramp-steps', '50, 100')
@@ -209,15 +209,72 @@ test('the operator console: what it shows, live, and what it does with and witho
       const { scrollWidth, innerWidth } = await phone.page.evaluate(() => ({ scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth }))
       assert.ok(scrollWidth <= innerWidth, `${colorScheme}: the page is ${scrollWidth} px wide in a ${innerWidth} px window`)
       assert.deepEqual(phone.errors, [])
-      await screenshot(phone.page, `console-phone-${colorScheme}`)
       await phone.context.close()
     }
-    for (const colorScheme of ['light', 'dark'] as const) {
-      const laptop = await openConsole(browser, `${proxy.adminUrl}/`, { colorScheme })
-      await untilPolled(laptop.page, 2)
-      await laptop.page.waitForFunction(() => document.querySelectorAll('.chart canvas').length === 3)
-      await screenshot(laptop.page, `console-laptop-${colorScheme}`)
-      await laptop.context.close()
-    }
   })
+})
+
+test('the documentation\'s screenshots: a 20% bake under traffic, then an L1 trip', { skip: !SCREENSHOTS && 'set DBSHIFT_SCREENSHOTS=1 to write docs/images/console-*.png' }, async (t) => {
+  const redis = await startRedis(t)
+  await redis.client.flushall()
+  const legacy = await startUpstream(t, 'legacy', (_req, res) => { setTimeout(() => res.end('{}'), 8 + Math.random() * 10) })
+  let failing = 0.01
+  const migrated = await startUpstream(t, 'migrated', (_req, res) => {
+    setTimeout(() => {
+      res.writeHead(Math.random() < failing ? 500 : 200)
+      res.end('{}')
+    }, 12 + Math.random() * 25)
+  })
+  const proxy = await startProxy(t, testConfig(redis.url, legacy.url, migrated.url, {
+    instanceId: 'edge-a',
+    rollout: { name: 'checkout' },
+    admin: { token: TOKEN },
+    guards: { signalPollIntervalMs: 200, l3: { enabled: true, sampleRate: 0 } }
+  }))
+  const keys = proxy.app.store.keys
+  await redis.client.set(keys.percent, '5')
+  await redis.client.sadd(keys.allow, 'qa-anna', 'qa-ben')
+  await redis.client.set('dbshift:{checkout}:signal:db_load', '0.42', 'EX', 3600)
+  await untilRollout(proxy.app, (s) => s.percent === 5)
+  const started = await fetch(`${proxy.adminUrl}/schedule`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ steps: [20, 50, 100], bake: '48h' }) })
+  assert.equal(started.status, 201)
+  await untilRollout(proxy.app, (s) => s.percent === 20)
+  const now = Date.now()
+  for (const [id, percent] of [['edge-b', 20], ['edge-c', 5]] as const) {
+    await redis.client.hset(keys.instances, id, JSON.stringify({
+      id, percent, state: 'active', lastSyncAt: now, rollbackPending: false, traffic: { legacy: { rps: 38.2, errorRate: 0.001 }, migrated: { rps: 9.6, errorRate: 0.012 } }, at: now, expiresAt: now + 3_600_000
+    }))
+  }
+
+  // Traffic from 500 users until the history holds a minute of points.
+  const sending = { on: true }
+  const users = Array.from({ length: 500 }, (_, i) => `customer-${i}`)
+  const send = async (): Promise<void> => {
+    while (sending.on) await getAs(proxy.url, users[Math.floor(Math.random() * users.length)], '/orders')
+  }
+  const senders = Array.from({ length: 4 }, send)
+  const history = async (): Promise<number> => ((await (await fetch(`${proxy.adminUrl}/console/history`)).json()) as { points: unknown[] }).points.length
+  while (await history() < 8) await delay(1_000) // the history takes a point every 10 s
+
+  const browser = await startBrowser(t)
+  for (const [name, size] of [['laptop', { width: 1280, height: 900 }], ['phone', { width: 375, height: 812 }]] as const) {
+    for (const colorScheme of ['light', 'dark'] as const) {
+      const shot = await openConsole(browser, `${proxy.adminUrl}/`, { ...size, colorScheme })
+      await untilPolled(shot.page, 2)
+      await shot.page.waitForFunction(() => document.querySelectorAll('.chart canvas').length === 3)
+      await shot.page.waitForSelector('#fleet-table tr.lagging')
+      assert.deepEqual(shot.errors, [])
+      await screenshot(shot.page, `console-${name}-${colorScheme}`)
+      await shot.context.close()
+    }
+  }
+
+  // The migrated version starts failing: the L1 fast window trips, and the page says why.
+  failing = 0.9
+  await untilRollout(proxy.app, (s) => s.rolledBack, 30_000)
+  const tripped = await openConsole(browser, `${proxy.adminUrl}/`)
+  await tripped.page.waitForFunction(() => /rolled back at/.test(document.querySelector('[data-level="L1"] .sentence')?.textContent ?? ''))
+  sending.on = false
+  await Promise.all(senders)
+  await screenshot(tripped.page, 'console-laptop-tripped')
 })

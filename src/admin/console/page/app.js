@@ -57,6 +57,12 @@ function when (value) {
   const date = new Date(/^\d+$/.test(String(value)) ? Number(value) : value)
   return Number.isNaN(date.getTime()) ? String(value) : date.toLocaleString(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit' })
 }
+function span (ms) {
+  if (ms >= 86_400_000 && ms % 3_600_000 === 0) return ms % 86_400_000 === 0 ? `${ms / 86_400_000} d` : `${ms / 3_600_000} h`
+  if (ms >= 3_600_000 && ms % 60_000 === 0) return ms % 3_600_000 === 0 ? `${ms / 3_600_000} h` : `${Math.round(ms / 60_000)} min`
+  if (ms >= 60_000) return `${Math.round(ms / 60_000)} min`
+  return `${Math.round(ms / 1000)} s`
+}
 function pick (object, ...names) {
   for (const name of names) if (object?.[name] !== undefined && object[name] !== null) return object[name]
   return undefined
@@ -182,7 +188,7 @@ function renderSchedule (result) {
   $('#ramp-progress').textContent = schedule.progress
   list.replaceChildren(...schedule.steps.map((step, i) => {
     const state = schedule.status === 'done' || i < schedule.step ? 'done' : i === schedule.step ? 'current' : 'pending'
-    return el('li', { class: state }, `${step.percent}% · bake ${Math.round(step.bakeMs / 60_000)} min`)
+    return el('li', { class: state }, `${step.percent}% · bake ${span(step.bakeMs)}`)
   }))
   const step = schedule.steps[schedule.step]
   const next = schedule.steps[schedule.step + 1]
@@ -253,8 +259,12 @@ function makeChart (id, threshold, format) {
     series,
     axes: [axis, { ...axis, size: 56, values: (_u, ticks) => ticks.map(format) }],
     scales: { x: { time: true }, y: { range: (_u, min, max) => [0, Math.max(max * 1.1, min + 1e-6, threshold === undefined ? 1 : 0)] } },
-    legend: { live: true }
+    legend: { show: false }
   }, [[], [], [], ...(threshold === undefined ? [] : [[]])], target)
+  // A legend of the page's own, under the chart: uPlot's is a table that does not wrap on a phone.
+  target.after(el('p', { class: 'legend small' },
+    el('span', { class: 'key legacy' }, 'legacy'), el('span', { class: 'key migrated' }, 'migrated'),
+    threshold === undefined ? null : el('span', { class: 'key limit' }, threshold)))
   const resize = new ResizeObserver(() => chart.setSize({ width: Math.max(200, target.clientWidth), height: 180 }))
   resize.observe(target)
   return chart
@@ -269,8 +279,8 @@ function renderHistory (history) {
   const series = (field) => VERSIONS.map((version) => points.map((p) => p[version][field]))
   const line = (value) => points.map(() => value)
   const { errorRate, minRequestsPerSecond } = history.thresholds
-  charts.rps ??= makeChart('chart-rps', minRequestsPerSecond === null ? undefined : 'L1 minimum sample', (v) => v === null ? '–' : num(v))
-  charts.errors ??= makeChart('chart-errors', errorRate === null ? undefined : 'L1 threshold', (v) => v === null ? '–' : pct(v))
+  charts.rps ??= makeChart('chart-rps', minRequestsPerSecond === null ? undefined : `L1 minimum sample (${num(minRequestsPerSecond)} req/s)`, (v) => v === null ? '–' : num(v))
+  charts.errors ??= makeChart('chart-errors', errorRate === null ? undefined : `L1 threshold (${pct(errorRate)})`, (v) => v === null ? '–' : pct(v))
   charts.p99 ??= makeChart('chart-p99', undefined, (v) => v === null ? '–' : `${num(v, 1)}`)
   charts.rps.setData([t, ...series('rps'), ...(minRequestsPerSecond === null ? [] : [line(minRequestsPerSecond)])])
   charts.errors.setData([t, ...series('errorRate'), ...(errorRate === null ? [] : [line(errorRate)])])

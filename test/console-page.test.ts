@@ -102,6 +102,11 @@ test('the operator console: what it shows, live, and what it does with and witho
   })
 
   await t.test('a rollback from the page without the token is refused with the message shown; with the token it works', async () => {
+    // Every action asks for its reason first; cancelling sends nothing.
+    await page.click('#rollback')
+    await page.waitForSelector('#reason-dialog[open]')
+    await page.click('#reason-cancel')
+    await page.waitForSelector('#result[data-code="cancelled"]')
     await page.click('#rollback')
     await page.fill('#reason-input', 'checkout looks wrong')
     await page.click('#reason-ok')

@@ -390,9 +390,14 @@ function askReason (title) {
 
 /** One change through the admin API: asks for a reason, sends it, and shows the answer (refusals with their code). */
 async function act (title, method, path, body = {}, options = { reason: true }) {
-  const reason = await askReason(title)
-  if (reason === null) return
   const result = $('#result')
+  result.dataset.code = 'pending' // the answer shown is always this action's, never the one before
+  const reason = await askReason(title)
+  if (reason === null) {
+    result.dataset.code = 'cancelled'
+    result.textContent = `${title}: cancelled`
+    return
+  }
   result.className = 'result pending'
   result.textContent = `${title}…`
   const answer = await api(method, path, options.reason ? { ...body, reason } : body)

@@ -49,9 +49,9 @@ const PAGE_HEADERS = {
 
 /**
  * The operator console on the admin port: `GET /` (the page), its files, and two reads made for it (the guards
- * explained with the pools, an hour of per-version history). Every change the page makes goes through the admin API's own routes
- * with the admin token. Registered before the other admin routes and without encapsulation, so that its read check
- * (admin.readToken) covers every admin read.
+ * explained with the pools; an hour of per-version history). Every change the page makes goes through the admin
+ * API's own routes with the admin token. Registered before the other admin routes and without encapsulation, so that
+ * its read check (admin.readToken) covers every admin read.
  */
 async function consoleRoutes (app: FastifyInstance, options: ConsoleOptions): Promise<void> {
   const { config, guards, sync, now } = options

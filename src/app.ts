@@ -18,6 +18,7 @@ import { createPools, closePools } from './proxy/pools.ts'
 import { createForwarder, sendError } from './proxy/forward.ts'
 import type { AdminOptions } from './admin/options.ts'
 import { adminRoutes } from './admin/routes.ts'
+import { consoleRoutes } from './admin/console.ts'
 import { closeAll, Listeners } from './background.ts'
 import { RolloutControl } from './control/commands.ts'
 import { auditHandChanges } from './control/hand-changes.ts'
@@ -147,6 +148,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const adminAjv = { customOptions: { removeAdditional: false, coerceTypes: false, multipleOfPrecision: 6 } } as const
   // Path parameters up to a user key of 256 bytes, percent-encoded (3 characters a byte), and some room.
   const admin = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 16_384, ajv: adminAjv, routerOptions: { maxParamLength: 1_024 } })
+  await admin.register(consoleRoutes, { config, metrics, traffic, guards, sync, redis, keys, now }) // first: its read check covers every route
   await admin.register(adminRoutes, { config, instanceId, sync, store, control, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, now })
 
   let closing: Promise<void> | undefined

@@ -8,7 +8,8 @@ import { pino, type Logger } from 'pino'
 import { AggregatorRegistry, type PrometheusContentType } from 'prom-client'
 import type { App } from './app.ts'
 import { loadConfig, parseHostPort, type Config } from './config.ts'
-import { WorkersUnavailableError } from './errors.ts'
+import { readAccess } from './admin/auth.ts'
+import { UnauthorizedError, WorkersUnavailableError } from './errors.ts'
 
 /** The admin address the primary gives each worker (the public admin port belongs to the primary). */
 const WORKER_ADMIN_ENV = 'DBSHIFT_WORKER_ADMIN_LISTEN'
@@ -81,7 +82,8 @@ async function runPrimary (config: Config): Promise<void> {
     process.exit(1)
   }
 
-  const admin = createServer((req, res) => { adminRequest(req, res, slots, aggregator, log) })
+  const canRead = readAccess(config.admin.readToken, config.admin.token)
+  const admin = createServer((req, res) => { adminRequest(req, res, slots, aggregator, log, canRead) })
   const address = parseHostPort(config.adminListen)
   admin.listen(address.port, address.host)
   await once(admin, 'listening')
@@ -121,9 +123,11 @@ async function ready (worker: Worker): Promise<void> {
 }
 
 /** One request to the primary's admin port. */
-function adminRequest (req: IncomingMessage, res: ServerResponse, slots: WorkerSlot[], aggregator: AggregatorRegistry<PrometheusContentType>, log: Logger): void {
+function adminRequest (req: IncomingMessage, res: ServerResponse, slots: WorkerSlot[], aggregator: AggregatorRegistry<PrometheusContentType>, log: Logger, canRead?: (req: IncomingMessage) => boolean): void {
   const live = slots.filter((slot) => slot.worker !== undefined && !slot.worker.isDead())
   if (req.method === 'GET' && req.url?.split('?')[0] === '/metrics') {
+    // The workers check every other read themselves (admin.readToken); this one the primary answers.
+    if (canRead !== undefined && !canRead(req)) return sendError(res, new UnauthorizedError())
     aggregator.clusterMetrics().then((text) => {
       res.writeHead(200, { 'content-type': aggregator.contentType })
       res.end(text)
@@ -188,7 +192,7 @@ async function relay (req: IncomingMessage, body: Buffer, port: number): Promise
   })
 }
 
-function sendError (res: ServerResponse, error: InstanceType<typeof WorkersUnavailableError>): void {
+function sendError (res: ServerResponse, error: InstanceType<typeof WorkersUnavailableError> | InstanceType<typeof UnauthorizedError>): void {
   const text = JSON.stringify({ error: error.code, message: error.message })
   res.writeHead(error.statusCode ?? 503, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) })
   res.end(text)

@@ -65,6 +65,7 @@ export const ConfigSchema = Type.Object({
   }, { additionalProperties: false, default: {} }),
   admin: Type.Object({
     token: Type.Optional(Type.String({ minLength: 16, description: 'must be at least 16 characters' })),
+    readToken: Type.Optional(Type.String({ minLength: 16, description: 'must be at least 16 characters' })),
     tokenName: Type.String({ minLength: 1, maxLength: 64, default: 'admin' })
   }, { additionalProperties: false, default: {} }),
   log: Type.Object({

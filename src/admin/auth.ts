@@ -30,6 +30,22 @@ export function requireToken (token: string | undefined, tokenName: string): { h
   }
 }
 
+/**
+ * With `admin.readToken` set, an admin read needs `Authorization: Bearer <token>` holding the read token or the admin
+ * token (checked like a change, in constant time). Undefined when no read token is configured: reads are open.
+ */
+export function readAccess (readToken: string | undefined, adminToken: string | undefined): ((request: Pick<FastifyRequest, 'headers'>) => boolean) | undefined {
+  if (readToken === undefined) return undefined
+  const accepted = [readToken, ...(adminToken === undefined ? [] : [adminToken])].map(digest)
+  return (request) => {
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(request.headers.authorization ?? '')
+    if (match === null) return false
+    const presented = digest(match[1] as string)
+    // Every token is compared, so the time taken does not say which one matched.
+    return accepted.map((expected) => timingSafeEqual(presented, expected)).includes(true)
+  }
+}
+
 function digest (text: string): Buffer {
   return createHash('sha256').update(text).digest()
 }

@@ -14,10 +14,12 @@ import { connectRedis, type RedisClient } from './rollout/redis.ts'
 import { RolloutStore } from './rollout/store.ts'
 import { RolloutSync } from './rollout/sync.ts'
 import { TrafficWindow } from './traffic/window.ts'
-import { createPools, closePools } from './proxy/pools.ts'
+import { createPools, closePools, type Pools } from './proxy/pools.ts'
 import { createForwarder, sendError } from './proxy/forward.ts'
 import { adminRoutes } from './admin/routes.ts'
-import { createGuards, type Guards } from './guards/index.ts'
+import { createGuards, type GuardContext, type Guards } from './guards/index.ts'
+import { dryRunTrip, tripRollout } from './guards/trip.ts'
+import { PoolHealth } from './health/pool-health.ts'
 import { Heartbeat } from './fleet/heartbeat.ts'
 import { auditHandChanges } from './fleet/hand-changes.ts'
 import { ScheduleRunner, runnerTimings } from './schedule/runner.ts'
@@ -46,6 +48,9 @@ export interface App {
   router: Router
   redis: RedisClient
   guards: Guards
+  /** The pools requests go to now (a reload swaps them), and each member's health. */
+  pools: Pools
+  poolHealth: PoolHealth
   heartbeat: Heartbeat
   schedules: ScheduleStore
   scheduleRunner: ScheduleRunner
@@ -91,8 +96,20 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
 
   const traffic = new TrafficWindow({ now })
   const router = new Router({ strategy: config.rollout.strategy, salt: config.rollout.salt ?? config.rollout.name, anonymous: config.rollout.anonymous })
-  const pools = createPools(config)
-  const guards = createGuards({ config, instanceId, sync, store, redis, traffic, metrics, log, now })
+  const guardContext: GuardContext = { config, instanceId, sync, store, redis, traffic, metrics, log, now }
+  const guards = createGuards(guardContext)
+  const poolHealth = new PoolHealth({
+    metrics,
+    log,
+    now,
+    rollout: () => sync.current,
+    rules: () => config.guards.l1,
+    trip: (reason) => {
+      if (config.guards.l1.dryRun) dryRunTrip(guardContext, guards.events, 'L1', reason)
+      else tripRollout(guardContext, guards.events, 'L1', reason).catch((err: unknown) => { log.error({ err }, 'the L1 trip on an unhealthy migrated pool failed') })
+    }
+  })
+  const pools = createPools(config, { now, onChange: poolHealth.onChange })
   const heartbeat = new Heartbeat({ instanceId, redis, keys, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log })
   const schedules = new ScheduleStore(redis, keys, now)
   const scheduleRunner = new ScheduleRunner({ instanceId, store, schedules, redis, initialPercent: config.rollout.initialPercent, ...runnerTimings(config.redis.pollIntervalMs), now, log })
@@ -163,12 +180,15 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     router,
     redis,
     guards,
+    pools,
+    poolHealth,
     heartbeat,
     schedules,
     scheduleRunner,
     async listen () {
       await sync.start()
       guards.start()
+      poolHealth.attach(pools)
       heartbeat.start()
       scheduleRunner.start()
       await proxy.listen(parseHostPort(config.listen))
@@ -190,6 +210,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
         stopHandAudit()
         stopDryRunHold()
         await sync.close()
+        poolHealth.close()
         await closePools(pools)
         if (ownsRedis) {
           redis.disconnect()

@@ -163,7 +163,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   // multipleOf is checked with a tolerance so that 33.33 is a multiple of 0.01 despite binary floating point.
   const adminAjv = { customOptions: { removeAdditional: false, coerceTypes: false, multipleOfPrecision: 6 } } as const
   const admin = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 16_384, ajv: adminAjv })
-  await admin.register(adminRoutes, { config, instanceId, sync, store, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, now })
+  await admin.register(adminRoutes, { config, instanceId, sync, store, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, poolHealth, now })
 
   let closing: Promise<void> | undefined
   let draining = false

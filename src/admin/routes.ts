@@ -13,6 +13,7 @@ import { requireToken } from './auth.ts'
 import type { Guards } from '../guards/index.ts'
 import type { Heartbeat } from '../fleet/heartbeat.ts'
 import type { ScheduleStore } from '../schedule/store.ts'
+import type { PoolHealth } from '../health/pool-health.ts'
 import { operationRoutes } from './operations.ts'
 
 export interface AdminOptions {
@@ -28,6 +29,7 @@ export interface AdminOptions {
   guards: Guards
   schedules?: ScheduleStore
   heartbeat?: Heartbeat
+  poolHealth?: PoolHealth
   now: () => number
 }
 
@@ -87,6 +89,7 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
       strategy: config.rollout.strategy,
       redis: { connected: isReady(redis), lastSyncAt: iso(sync.lastSyncAt), rollbackPending: sync.rollbackPending },
       traffic: { windowSeconds: STATUS_WINDOW_MS / 1000, ...perVersion },
+      pools: options.poolHealth?.status() ?? null,
       guards: { config: config.guards, ...options.guards.status() }
     }
   })

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events'
 import type { Logger } from 'pino'
 import type { Config } from '../config.ts'
 import type { Metrics } from '../metrics.ts'
@@ -22,7 +23,7 @@ export interface PoolHealthOptions {
  * one log line per change; whether the migrated pool has a healthy member (the raise gate); and the L1 trip
  * when, above 0%, it has had none for guards.l1.unhealthyPoolMs.
  */
-export class PoolHealth {
+export class PoolHealth extends EventEmitter<{ change: [version: Version, change: MemberChange] }> {
   readonly #o: PoolHealthOptions
   #pools: Pools | undefined
   #unhealthySince = 0
@@ -30,6 +31,7 @@ export class PoolHealth {
   #timer: NodeJS.Timeout | undefined
 
   constructor (options: PoolHealthOptions) {
+    super()
     this.#o = options
   }
 
@@ -41,6 +43,7 @@ export class PoolHealth {
     if (serving) this.#o.log.info(detail, `${version} pool member ${member.name} takes requests again: ${why}`)
     else this.#o.log.warn(detail, `${version} pool member ${member.name} takes no new requests: ${why}`)
     if (version === 'migrated') this.#watch()
+    this.emit('change', version, change)
   }
 
   /** Follows these pools from now on (at start, and after each reload); the checks of both start at once. */

@@ -30,8 +30,13 @@ export async function nextMemberChange (app: App, predicate: (version: Version, 
 }
 
 /** Sends GETs as `user` one after another until `stop()`; every answer's status and server are kept. */
-export function steadyTraffic (url: string, user: string, t: Pick<TestContext, 'after'>): { answers: Array<{ status: number, servedBy: unknown }>, stop: () => Promise<void> } {
+export function steadyTraffic (url: string, user: string, t: Pick<TestContext, 'after'>): { answers: Array<{ status: number, servedBy: unknown }>, stop: () => Promise<void>, until: (count: number) => Promise<void> } {
   const answers: Array<{ status: number, servedBy: unknown }> = []
+  const waiting: Array<{ count: number, resolve: () => void }> = []
+  const push = (answer: { status: number, servedBy: unknown }): void => {
+    answers.push(answer)
+    for (const wait of waiting.filter((w) => answers.length >= w.count)) { waiting.splice(waiting.indexOf(wait), 1); wait.resolve() }
+  }
   let running = true
   const loop = (async () => {
     while (running) {
@@ -40,13 +45,22 @@ export function steadyTraffic (url: string, user: string, t: Pick<TestContext, '
         const text = await res.text()
         let servedBy: unknown
         try { servedBy = (JSON.parse(text) as { servedBy?: unknown }).servedBy } catch { servedBy = text }
-        answers.push({ status: res.status, servedBy })
+        push({ status: res.status, servedBy })
       } catch (err) {
-        answers.push({ status: 0, servedBy: (err as Error).message })
+        push({ status: 0, servedBy: (err as Error).message })
       }
     }
   })()
   const stop = async (): Promise<void> => { running = false; await loop }
+  /** Resolves once `count` more answers have come back. */
+  const until = async (count: number): Promise<void> => { await new Promise<void>((resolve) => waiting.push({ count: answers.length + count, resolve })) }
   t.after(stop)
-  return { answers, stop }
+  return { answers, stop, until }
+}
+
+/** The value of one series in the admin port's /metrics, or undefined. */
+export async function metricValue (adminUrl: string, series: string): Promise<number | undefined> {
+  const text = await (await fetch(`${adminUrl}/metrics`)).text()
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `))
+  return line === undefined ? undefined : Number(line.slice(series.length + 1))
 }

@@ -57,9 +57,9 @@ test('a member answering 500s is ejected after outlier.consecutiveErrors, gets n
     legacy: { members: [good.url, bad.url], outlier: { consecutiveErrors: 3, ejectMs: 500, maxEjectedPercent: 50 } },
     migrated: [migrated.url]
   }))
-  let ejected = false
-  const ejection = nextMemberChange(proxy.app, (_v, change) => change.member.name === bad.url && !change.serving).then((change) => { ejected = true; return change })
-  for (let i = 0; i < 50 && !ejected; i++) await getAs(proxy.url, 'lee')
+  const seen = { ejected: false }
+  const ejection = nextMemberChange(proxy.app, (_v, change) => change.member.name === bad.url && !change.serving).then((change) => { seen.ejected = true; return change })
+  for (let i = 0; i < 50 && !seen.ejected; i++) await getAs(proxy.url, 'lee')
   assert.match((await ejection).why, /3 errors in a row/)
   const back = nextMemberChange(proxy.app, (_v, change) => change.member.name === bad.url && change.serving)
 

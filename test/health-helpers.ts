@@ -37,9 +37,9 @@ export function steadyTraffic (url: string, user: string, t: Pick<TestContext, '
     answers.push(answer)
     for (const wait of waiting.filter((w) => answers.length >= w.count)) { waiting.splice(waiting.indexOf(wait), 1); wait.resolve() }
   }
-  let running = true
+  const state = { running: true }
   const loop = (async () => {
-    while (running) {
+    while (state.running) {
       try {
         const res = await fetch(`${url}/`, { headers: { 'x-user-id': user } })
         const text = await res.text()
@@ -51,7 +51,7 @@ export function steadyTraffic (url: string, user: string, t: Pick<TestContext, '
       }
     }
   })()
-  const stop = async (): Promise<void> => { running = false; await loop }
+  const stop = async (): Promise<void> => { state.running = false; await loop }
   /** Resolves once `count` more answers have come back. */
   const until = async (count: number): Promise<void> => { await new Promise<void>((resolve) => waiting.push({ count: answers.length + count, resolve })) }
   t.after(stop)

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import { test } from 'node:test'
 import { resolveConfig } from '../src/config.ts'
 import { getAs, startProxy, startRedis, startUpstream, untilRollout } from './helpers.ts'
@@ -7,7 +8,7 @@ import { poolConfig } from './health-helpers.ts'
 test('a pool\'s own headersTimeoutMs answers 504 for that pool while the other pool, on the global timeout, still waits', async (t) => {
   const redis = await startRedis(t)
   const held: Array<() => void> = []
-  const hang = (name: string) => async (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse) => {
+  const hang = (name: string) => (req: IncomingMessage, res: ServerResponse): void => {
     req.resume()
     held.push(() => { res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ servedBy: name })) })
   }

@@ -25,6 +25,7 @@ import { Notifier } from './control/notify.ts'
 import { createGuards } from './guards/index.ts'
 import type { GuardContext } from './guards/events.ts'
 import { dryRunTrip, tripRollout } from './guards/trip.ts'
+import { localRaiseGate } from './health/gate.ts'
 import { PoolHealth } from './health/pool-health.ts'
 import { Heartbeat } from './fleet/heartbeat.ts'
 import { ScheduleRunner, runnerTimings } from './schedule/runner.ts'
@@ -97,7 +98,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const router = routerFor(config.rollout)
   const schedules = new ScheduleStore(redis, keys)
   const notifier = new Notifier({ ...config.notify, rollout: config.rollout.name, log, failures: metrics.backgroundErrors.labels('notify') })
-  const control = new RolloutControl({ redis, store, schedules, initialPercent: config.rollout.initialPercent, log, now, sync, metrics, notifier })
+  const control = new RolloutControl({ redis, store, schedules, initialPercent: config.rollout.initialPercent, log, now, sync, metrics, notifier, raiseGate: localRaiseGate(() => poolHealth.migratedHealthy()) })
   const guardContext: GuardContext = { config, instanceId, sync, store, control, redis, traffic, metrics, log, now }
   const guards = createGuards(guardContext)
   const poolHealth = new PoolHealth({
@@ -112,7 +113,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     }
   })
   const pools = createPools(config, { now, onChange: poolHealth.onChange })
-  const heartbeat = new Heartbeat({ instanceId, redis, control, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log, failures: metrics.backgroundErrors.labels('heartbeat') })
+  const heartbeat = new Heartbeat({ instanceId, redis, control, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log, failures: metrics.backgroundErrors.labels('heartbeat'), migratedHealthy: () => poolHealth.migratedHealthy() })
   const scheduleRunner = new ScheduleRunner({ instanceId, store, schedules, control, redis, ...runnerTimings(config.redis.pollIntervalMs), now, log, failures: metrics.backgroundErrors.labels('schedule') })
   listeners.on(sync, 'change', () => { scheduleRunner.checkNow() }) // a trip aborts the schedule at once
   listeners.on(sync, 'eventReceived', () => { scheduleRunner.checkNow() }) // a schedule started or changed is taken up at once

@@ -11,7 +11,7 @@ export function poolConfig (redisUrl: string, pools: Record<Version, unknown>, f
     listen: '127.0.0.1:0',
     adminListen: '127.0.0.1:0',
     pools,
-    redis: { url: redisUrl, pollIntervalMs: 100, fullSyncIntervalMs: 500, commandTimeoutMs: 500 }
+    redis: { url: redisUrl, pollIntervalMs: 100, fullSyncIntervalMs: 500, commandTimeoutMs: 500, ...(file.redis as object | undefined) }
   })
 }
 

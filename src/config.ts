@@ -43,7 +43,8 @@ const Pool = Type.Object({
     ejectMs: Millis(30_000, 100),
     maxEjectedPercent: Type.Integer({ minimum: 0, maximum: 100, default: 10 })
   }, { additionalProperties: false, default: {} }),
-  upstream: Type.Optional(Type.Partial(Type.Object(upstreamFields(false)), { additionalProperties: false }))
+  // Retries stay global: the forwarder applies one retry rule to both pools.
+  upstream: Type.Optional(Type.Partial(Type.Omit(Type.Object(upstreamFields(false)), ['retries']), { additionalProperties: false }))
 }, { additionalProperties: false, description: 'must be a list of base URLs or { members, healthCheck, outlier, upstream }' })
 
 const Guard = <T extends Record<string, ReturnType<typeof Type.Integer> | ReturnType<typeof Type.Number> | ReturnType<typeof Type.Boolean>>>(fields: T) =>

@@ -17,8 +17,8 @@ test('a pool\'s own headersTimeoutMs answers 504 for that pool while the other p
   t.after(() => { for (const release of held) release() })
   const proxy = await startProxy(t, poolConfig(redis.url, {
     legacy: [legacy.url],
-    migrated: { members: [migrated.url], upstream: { headersTimeoutMs: 300, retries: 0 } }
-  }, { upstream: { headersTimeoutMs: 60_000 } }))
+    migrated: { members: [migrated.url], upstream: { headersTimeoutMs: 300 } }
+  }, { upstream: { headersTimeoutMs: 60_000, retries: 0 } }))
   await redis.client.sadd('dbshift:{default}:allow', 'mia')
   await untilRollout(proxy.app, (s) => s.allow.has('mia'))
 

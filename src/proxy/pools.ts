@@ -14,8 +14,6 @@ export interface UpstreamPool {
   members: string[]
   /** Each member's health (active checks, outlier ejection). */
   health: MemberGroup
-  /** This pool's retries (its own `upstream.retries`, else the global one). */
-  retries: number
 }
 
 export type Pools = Record<Version, UpstreamPool>
@@ -48,7 +46,7 @@ export function createPools (config: Config, options: PoolOptions = {}): Pools {
     }
     const health = new MemberGroup(pool, options.now ?? Date.now, (change) => options.onChange?.(version, change))
     const members = urls.map((url, i) => health.add(pool.members[i] as string, url.origin, dispatcherOptions, options.previous?.get(`${version} ${pool.members[i] as string}`)))
-    pools[version] = { version, dispatcher: new Balancer(version, members), basePath, members: members.map((member) => member.origin), health, retries: upstream.retries }
+    pools[version] = { version, dispatcher: new Balancer(version, members), basePath, members: members.map((member) => member.origin), health }
   }
   return pools
 }

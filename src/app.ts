@@ -1,10 +1,12 @@
 import { createServer, type Server } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import type { Server as TlsServer } from 'node:tls'
 import type { AddressInfo } from 'node:net'
 import { hostname } from 'node:os'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
-import { parseHostPort, type Config } from './config.ts'
+import { loadConfig, parseHostPort, type Config } from './config.ts'
 import { BadRequestError } from './errors.ts'
 import { Metrics } from './metrics.ts'
 import { routerFor } from './routing/configured.ts'
@@ -27,6 +29,8 @@ import type { GuardContext } from './guards/events.ts'
 import { dryRunTrip, tripRollout } from './guards/trip.ts'
 import { localRaiseGate } from './health/gate.ts'
 import { PoolHealth } from './health/pool-health.ts'
+import { readTls, reload, reloadRoute, type ReloadResult } from './reload.ts'
+import { requireToken } from './admin/auth.ts'
 import { Heartbeat } from './fleet/heartbeat.ts'
 import { ScheduleRunner, runnerTimings } from './schedule/runner.ts'
 import { ScheduleStore } from './rollout/schedule-store.ts'
@@ -39,6 +43,8 @@ export interface AppDeps {
   redis?: RedisClient
   subscriber?: RedisClient
   now?: () => number
+  /** Reads the configuration again for a reload (SIGHUP, POST /reload); the file and the environment by default. */
+  loadConfig?: () => Config
 }
 
 /** The parts of a running dbshift: those the admin routes see, and the servers and background work around them. */
@@ -51,6 +57,8 @@ export interface App extends Omit<AdminOptions, 'now' | 'schedules' | 'heartbeat
   heartbeat: Heartbeat
   schedules: ScheduleStore
   scheduleRunner: ScheduleRunner
+  /** Re-reads and applies the configuration (SIGHUP, POST /reload); a bad one is refused whole and counted. */
+  reload: () => Promise<ReloadResult>
   /** Starts following Redis and listens on both ports (config.listen and config.adminListen). */
   listen: () => Promise<{ proxy: AddressInfo, admin: AddressInfo }>
   /** Stops taking requests, drains those in flight, then closes pools and Redis. */
@@ -166,7 +174,15 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const adminAjv = { customOptions: { removeAdditional: false, coerceTypes: false, multipleOfPrecision: 6 } } as const
   // Path parameters up to a user key of 256 bytes, percent-encoded (3 characters a byte), and some room.
   const admin = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 16_384, ajv: adminAjv, routerOptions: { maxParamLength: 1_024 } })
-  await admin.register(adminRoutes, { config, instanceId, sync, store, control, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, poolHealth, now })
+  const adminOptions: AdminOptions = { config, instanceId, sync, store, control, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, poolHealth, now }
+  const reloadConfig = async (): Promise<ReloadResult> => await reload({
+    config, pools, poolHealth, metrics, log, now, setSecureContext: (context) => { (proxy.server as unknown as TlsServer).setSecureContext(context) }
+  }, deps.loadConfig ?? (() => loadConfig()))
+  // One scope, so that POST /reload answers errors in the same shape as every admin route.
+  await admin.register(async (scope) => {
+    await adminRoutes(scope, adminOptions)
+    reloadRoute(scope, { change: { onRequest: requireToken(config.admin.token, config.admin.tokenName).hook }, reload: reloadConfig })
+  })
 
   let closing: Promise<void> | undefined
   let draining = false
@@ -189,6 +205,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     heartbeat,
     schedules,
     scheduleRunner,
+    reload: reloadConfig,
     async listen () {
       await sync.start()
       guards.start()
@@ -239,7 +256,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
 
 /** The proxy's HTTP server, with the limits that protect it from slow and oversized clients. */
 function proxyServer (config: Config, handler: Parameters<typeof createServer>[1]): Server {
-  const server = createServer({
+  const options = {
     maxHeaderSize: config.server.maxHeaderBytes,
     requestTimeout: config.server.requestTimeoutMs,
     headersTimeout: config.server.headersTimeoutMs,
@@ -248,8 +265,10 @@ function proxyServer (config: Config, handler: Parameters<typeof createServer>[1
     keepAliveTimeout: config.server.keepAliveTimeoutMs,
     // Two Content-Length values, CL with TE and other ambiguous framing are refused by Node's parser (not lenient).
     insecureHTTPParser: false
-  }, handler)
-  return server
+  }
+  // HTTPS with Node's defaults (TLS 1.2 and 1.3, Node's default cipher list); a reload swaps the certificate.
+  if (config.tls !== undefined) return createHttpsServer({ ...options, ...readTls(config.tls) }, handler) as unknown as Server
+  return createServer(options, handler)
 }
 
 /** Keeps dbshift_redis_up true to the connection, and logs each loss of Redis once, not per retry. */

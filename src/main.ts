@@ -19,9 +19,17 @@ export async function main (overrides?: (config: Config) => void): Promise<{ app
     process.exit(2)
   }
   const log = pino({ level: config.log.level, name: 'dbshift' })
-  const app = await buildApp(config, { log })
+  const reread = (): Config => {
+    const next = loadConfig()
+    overrides?.(next)
+    return next
+  }
+  const app = await buildApp(config, { log, loadConfig: reread })
   const { proxy, admin } = await app.listen()
   log.info({ proxy: `${proxy.address}:${proxy.port}`, admin: `${admin.address}:${admin.port}`, rollout: config.rollout.name }, 'dbshift is listening')
+
+  // SIGHUP: re-read the file and the environment and apply what may change while running (see src/reload.ts).
+  process.on('SIGHUP', () => { app.reload().catch((err: unknown) => { log.error({ err }, 'reload failed') }) })
 
   // SIGTERM/SIGINT: stop accepting, drain in-flight requests, then close pools and Redis.
   closeWithGrace({ delay: config.server.shutdownGraceMs }, async ({ signal, err }) => {

@@ -1,6 +1,10 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import type { TestContext } from 'node:test'
-import type { App } from '../src/app.ts'
-import { resolveConfig, type Config } from '../src/config.ts'
+import type { Logger } from 'pino'
+import { buildApp, type App } from '../src/app.ts'
+import { loadConfig, resolveConfig, type Config } from '../src/config.ts'
 import type { MemberChange } from '../src/health/member.ts'
 import type { Version } from '../src/routing/decide.ts'
 
@@ -63,4 +67,23 @@ export async function metricValue (adminUrl: string, series: string): Promise<nu
   const text = await (await fetch(`${adminUrl}/metrics`)).text()
   const line = text.split('\n').find((l) => l.startsWith(`${series} `))
   return line === undefined ? undefined : Number(line.slice(series.length + 1))
+}
+
+/** A dbshift whose reloads read `path` (YAML; JSON is YAML too), as SIGHUP would read DBSHIFT_CONFIG. */
+export async function startReloadable (t: Pick<TestContext, 'after'>, path: string, log: Logger): Promise<{ app: App, url: string, adminUrl: string, write: (file: Record<string, unknown>) => void }> {
+  const load = (): Config => loadConfig({ DBSHIFT_CONFIG: path })
+  const app = await buildApp(load(), { log, loadConfig: load })
+  const { proxy, admin } = await app.listen()
+  t.after(async () => await app.close())
+  const scheme = app.config.tls === undefined ? 'http' : 'https'
+  return { app, url: `${scheme}://127.0.0.1:${proxy.port}`, adminUrl: `http://127.0.0.1:${admin.port}`, write: (file) => { writeFileSync(path, JSON.stringify(file)) } }
+}
+
+/** A config file in a temp directory of its own, removed on teardown. */
+export function configFile (t: Pick<TestContext, 'after'>, file: Record<string, unknown>): { dir: string, path: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'dbshift-reload-'))
+  t.after(() => { rmSync(dir, { recursive: true, force: true }) })
+  const path = join(dir, 'dbshift.yaml')
+  writeFileSync(path, JSON.stringify(file))
+  return { dir, path }
 }

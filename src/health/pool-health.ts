@@ -38,6 +38,8 @@ export class PoolHealth extends EventEmitter<{ change: [version: Version, change
   /** The change handler to give createPools. */
   readonly onChange = (version: Version, change: MemberChange): void => {
     const { member, serving, why } = change
+    // A member a reload replaced may still see its last answers: it no longer counts.
+    if (this.#pools !== undefined && !this.#pools[version].health.members.includes(member)) return
     this.#o.metrics.upstreamHealthy.labels(version, member.name).set(serving ? 1 : 0)
     const detail = { version, member: member.name, healthy: serving, why }
     if (serving) this.#o.log.info(detail, `${version} pool member ${member.name} takes requests again: ${why}`)
@@ -46,13 +48,16 @@ export class PoolHealth extends EventEmitter<{ change: [version: Version, change
     this.emit('change', version, change)
   }
 
-  /** Follows these pools from now on (at start, and after each reload); the checks of both start at once. */
-  attach (pools: Pools): void {
-    const before = this.#pools
+  /**
+   * Follows these pools from now on (at start, and after a reload, which names the pools it replaced: their
+   * checks stop, and the series of members that are gone are removed); the checks of both pools start at once.
+   */
+  attach (pools: Pools, before?: Pools): void {
     this.#pools = pools
     for (const version of VERSIONS) {
       const names = new Set(pools[version].health.members.map((member) => member.name))
       for (const member of before?.[version].health.members ?? []) {
+        member.close()
         if (!names.has(member.name)) this.#o.metrics.upstreamHealthy.remove(version, member.name)
       }
       for (const member of pools[version].health.members) {

@@ -31,8 +31,8 @@ export async function main (overrides?: (config: Config) => void): Promise<{ app
   // SIGHUP: re-read the file and the environment and apply what may change while running (see src/reload.ts).
   process.on('SIGHUP', () => { app.reload().catch((err: unknown) => { log.error({ err }, 'reload failed') }) })
 
-  // SIGTERM/SIGINT: stop accepting, drain in-flight requests, then close pools and Redis.
-  closeWithGrace({ delay: config.server.shutdownGraceMs }, async ({ signal, err }) => {
+  // SIGTERM/SIGINT: stop accepting, drain in-flight requests, then close pools and Redis (SIGHUP is the reload above).
+  closeWithGrace({ delay: config.server.shutdownGraceMs, skip: ['SIGHUP'] }, async ({ signal, err }) => {
     if (err !== undefined) log.error({ err }, 'shutting down after an error')
     else log.info({ signal }, 'shutting down: draining in-flight requests')
     await app.close({ noticeMs: DRAIN_NOTICE_MS })

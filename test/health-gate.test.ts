@@ -3,6 +3,7 @@ import { spawn } from 'node:child_process'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { test } from 'node:test'
 import { nextGuardEvent, startProxy, startRedis, startUpstream, untilRollout } from './helpers.ts'
+import { parseSteps } from '../src/rollout/schedule.ts'
 import { nextMemberChange, poolConfig } from './health-helpers.ts'
 
 const TOKEN = 'a-token-of-sixteen-characters'
@@ -78,4 +79,26 @@ test('above 0%, a migrated pool that stays without a healthy member for guards.l
   assert.match(trip.reason, /the migrated pool has had no healthy member for [\d.]+ s \(guards\.l1\.unhealthyPoolMs 300\)/)
   assert.equal(proxy.app.sync.current.rolledBack, true)
   assert.equal(await redis.client.hget('dbshift:{default}:trip', 'level'), 'L1')
+})
+
+test('a ramp step waits while the migrated pool has no healthy member, and is taken once a member is healthy again', async (t) => {
+  const redis = await startRedis(t)
+  const state = { dead: true }
+  const legacy = await startUpstream(t, 'legacy')
+  const migrated = await startUpstream(t, 'migrated', app('migrated', () => state.dead))
+  const proxy = await startProxy(t, poolConfig(redis.url, { legacy: [legacy.url], migrated: { members: [migrated.url], healthCheck: checks } }))
+  await nextMemberChange(proxy.app, (version, change) => version === 'migrated' && !change.serving)
+
+  const steps = parseSteps(['5', '10'], '30m')
+  if (typeof steps === 'string') throw new Error(steps)
+  assert.equal((await proxy.app.control.startRamp(steps, { by: 'alice', source: 'cli' })).status, 'ok')
+  await proxy.app.scheduleRunner.tick()
+  assert.equal(await redis.client.get('dbshift:{default}:percent'), null, 'the first step waits')
+  assert.equal((await proxy.app.schedules.read()).schedule?.step, -1)
+  assert.ok(proxy.logs.some((line) => line.msg === 'ramp schedule step deferred' && line.result === 'unhealthy'))
+
+  state.dead = false
+  await nextMemberChange(proxy.app, (version, change) => version === 'migrated' && change.serving)
+  await proxy.app.scheduleRunner.tick()
+  assert.equal(await redis.client.get('dbshift:{default}:percent'), '5')
 })

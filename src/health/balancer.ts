@@ -48,7 +48,12 @@ export class Balancer extends Dispatcher {
     outcome.member = member
     outcome.handler = handler
     this.#inFlight++
-    return member.pool.dispatch(options, outcome)
+    try {
+      return member.pool.dispatch(options, outcome)
+    } catch (err) {
+      this.release(outcome) // refused before it started (bad options): it will never end
+      throw err
+    }
   }
 
   /** Waits until the requests in flight are answered (a reload's old pool), then closes every member's pool. */

@@ -125,6 +125,10 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const scheduleRunner = new ScheduleRunner({ instanceId, store, schedules, control, redis, ...runnerTimings(config.redis.pollIntervalMs), now, log, failures: metrics.backgroundErrors.labels('schedule') })
   listeners.on(sync, 'change', () => { scheduleRunner.checkNow() }) // a trip aborts the schedule at once
   listeners.on(sync, 'eventReceived', () => { scheduleRunner.checkNow() }) // a schedule started or changed is taken up at once
+  // The fleet sees a change of the migrated pool's health at once (the dbshift command's raise gate reads it).
+  listeners.on(poolHealth, 'change', (version) => {
+    if (version === 'migrated') heartbeat.beat().catch((err: unknown) => { log.debug({ err }, 'heartbeat after a change of pool health failed; the next one follows') })
+  })
   const stopHandAudit = auditHandChanges({ sync, store, control, instanceId, log })
   const stopDryRunHold = restartBakeOnDryRun(guards.events, control, instanceId, log)
   const forward = createForwarder({

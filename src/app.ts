@@ -237,7 +237,6 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
           ['the change listeners', () => {
             stopHandAudit()
             stopDryRunHold()
-            listeners.removeAll()
           }],
           ['the rollout sync', async () => { await sync.close() }],
           ['the notifications under way', async () => { await notifier.flush() }],
@@ -249,7 +248,9 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
             if (!ownsRedis) return
             redis.disconnect()
             subscriber.disconnect()
-          }]
+          }],
+          // Last: the error listeners stay while the connections close (ioredis wants one for every error).
+          ['the Redis and rollout listeners', () => { listeners.removeAll() }]
         ], log)
       })()
       await closing

@@ -1,16 +1,9 @@
 import assert from 'node:assert/strict'
-import { readdirSync, readFileSync } from 'node:fs'
-import { dirname, join, relative, resolve } from 'node:path'
+import { readFileSync } from 'node:fs'
+import { dirname, relative, resolve } from 'node:path'
 import { test } from 'node:test'
 import ts from 'typescript'
-
-/** Every .ts file under `dir`. */
-function sources (dir: string): string[] {
-  return readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
-    const path = join(dir, entry.name)
-    return entry.isDirectory() ? sources(path) : entry.name.endsWith('.ts') ? [path] : []
-  })
-}
+import { sourceFiles } from './source-files.ts'
 
 /** The relative imports of a file, type-only ones and re-exports included (TypeScript's own pre-parser). */
 function imports (file: string): string[] {
@@ -20,7 +13,7 @@ function imports (file: string): string[] {
 
 test('src/ has no import cycle, not even a type-only one', () => {
   const root = resolve('src')
-  const graph = new Map(sources(root).map((file) => [file, imports(file)]))
+  const graph = new Map(sourceFiles(root).map((file) => [file, imports(file)]))
   const cycles: string[] = []
   const state = new Map<string, 'open' | 'done'>()
   const path: string[] = []

@@ -153,8 +153,9 @@ export class RolloutControl {
       await this.#reread()
       this.#o.notifier?.send({ action: 'resume', actor, reason, at: header.at })
     }
-    const percent = (await this.#o.store.read().catch(() => undefined))?.percent ?? this.#o.initialPercent
-    return { status: done ? 'ok' : 'noop', percent }
+    // The percentage it follows again, for the caller's message; not worth failing the resume over.
+    const shared = await this.#o.store.read().catch((err: unknown) => { this.#o.log.debug({ err }, 'reading the percentage after a resume failed') })
+    return { status: done ? 'ok' : 'noop', percent: shared?.percent ?? this.#o.initialPercent }
   }
 
   /** Freezes the ramp (L2): a raise of the percentage is refused while the key holds `reason`. */

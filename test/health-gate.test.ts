@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { test } from 'node:test'
-import { nextGuardEvent, startProxy, startRedis, startUpstream, untilRollout } from './helpers.ts'
+import { getAs, nextGuardEvent, startProxy, startRedis, startUpstream, untilRollout } from './helpers.ts'
 import { parseSteps } from '../src/rollout/schedule.ts'
 import { nextMemberChange, poolConfig } from './health-helpers.ts'
 
@@ -40,6 +40,10 @@ test('no raise onto a migrated pool with no healthy member, from the API or the 
   const proxy = await startProxy(t, poolConfig(redis.url, { legacy: [legacy.url], migrated: { members: [migrated.url], healthCheck: checks } }, { admin: { token: TOKEN }, redis: { heartbeatIntervalMs: 100 } }))
   await nextMemberChange(proxy.app, (version, change) => version === 'migrated' && !change.serving)
   assert.equal(proxy.app.poolHealth.migratedHealthy(), false, 'health checks of migrated run at 0%')
+  await redis.client.sadd('dbshift:{default}:allow', 'tester')
+  await untilRollout(proxy.app, (s) => s.allow.has('tester'))
+  const tester = await getAs(proxy.url, 'tester')
+  assert.equal(tester.body.servedBy, 'migrated', 'with no member healthy, requests still go to the members rather than to none')
 
   const refused = await setPercent(proxy.adminUrl, 5)
   assert.equal(refused.status, 409)

@@ -30,7 +30,10 @@ export class Balancer extends Dispatcher {
     this.version = version
     this.members = members
     this.#serving = members.slice()
-    for (const member of members) member.onChange(() => this.#rebuild())
+    for (const member of members) {
+      member.onChange(() => this.#rebuild())
+      member.pool.on('drain', (origin) => this.emit('drain', origin)) // a busy member can take requests again
+    }
   }
 
   /** Requests sent through this dispatcher whose answer is not complete yet. */

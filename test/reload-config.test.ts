@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { test } from 'node:test'
 import { captureLogs, getAs, startRedis, startUpstream } from './helpers.ts'
-import { configFile, metricValue, startReloadable, steadyTraffic } from './health-helpers.ts'
+import { configFile, metricValue, nextMemberChange, startReloadable, steadyTraffic } from './health-helpers.ts'
 
 const TOKEN = 'a-token-of-sixteen-characters'
 
@@ -113,4 +113,22 @@ test('a reload changes a guard threshold and the log level', async (t) => {
   const debugBefore = lines.filter((line) => line.level === 20).length
   log.debug('a debug line') // what every part of dbshift logs through
   assert.equal(lines.filter((line) => line.level === 20).length, debugBefore + 1)
+})
+
+test('a migrated pool that is down stays down across a reload that keeps its member: no raise slips through', async (t) => {
+  const redis = await startRedis(t)
+  const legacy = await startUpstream(t, 'legacy')
+  const other = await startUpstream(t, 'other')
+  const migrated = await startUpstream(t, 'migrated', (req, res) => { req.resume(); res.writeHead(req.url === '/health' ? 503 : 200).end('{}') })
+  const { log } = captureLogs()
+  const pool = { members: [migrated.url], healthCheck: { path: '/health', intervalMs: 100, unhealthyAfter: 1, healthyAfter: 1 } }
+  const file = configFile(t, base(redis.url, [legacy.url], pool))
+  const proxy = await startReloadable(t, file.path, log)
+  await nextMemberChange(proxy.app, (version, change) => version === 'migrated' && !change.serving)
+
+  proxy.write(base(redis.url, [other.url], pool))
+  assert.equal((await proxy.app.reload()).ok, true)
+  assert.equal(proxy.app.poolHealth.migratedHealthy(), false, 'the new pool starts as its checks left the member')
+  const res = await fetch(`${proxy.adminUrl}/rollout`, { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: '{"percent":5}' })
+  assert.equal(res.status, 409)
 })

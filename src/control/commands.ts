@@ -98,7 +98,10 @@ export class RolloutControl {
     const blocked = await this.#preconditions(actor, 'moving traffic toward migrated needs Redis; try again when it is back')
     if (blocked !== undefined) return blocked
     const unhealthy = await this.#unhealthyRaise(percent)
-    if (unhealthy !== undefined) return refused('DBSHIFT_ERR_POOL_UNHEALTHY', unhealthy)
+    if (unhealthy !== undefined) {
+      this.#o.log.warn({ percent, by: actor.by, why: unhealthy }, 'refused a raise of the percentage: the migrated pool has no healthy member')
+      return refused('DBSHIFT_ERR_POOL_UNHEALTHY', unhealthy)
+    }
     const k = this.keys
     const [done, old, frozenBecause, state] = await this.#scripts.change('dbshiftSetPercent', this.#header(actor, reason), [k.percent, k.freeze, k.state],
       [String(percent), this.#o.initialPercent]) as [number, string, string, string]
@@ -338,7 +341,6 @@ export class RolloutControl {
   async #unhealthyRaise (percent: number): Promise<string | undefined> {
     const why = await this.#o.raiseGate?.()
     if (why === undefined || percent <= (await this.#o.store.read()).percent) return undefined
-    this.#o.log.warn({ percent, why }, 'refused a raise of the percentage: the migrated pool has no healthy member')
     return why
   }
 

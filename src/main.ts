@@ -4,6 +4,7 @@ import { pino } from 'pino'
 import { buildApp, type App } from './app.ts'
 import { startWorkersOr } from './cluster.ts'
 import { loadConfig, type Config } from './config.ts'
+import { readTls } from './reload.ts'
 
 /** How long a draining instance keeps its open connections, answering with Connection: close, before closing idle ones. */
 const DRAIN_NOTICE_MS = 1_000
@@ -14,6 +15,7 @@ export async function main (overrides?: (config: Config) => void): Promise<{ app
   try {
     config = loadConfig()
     overrides?.(config)
+    if (config.tls !== undefined) readTls(config.tls) // a certificate that cannot be read is a bad configuration
   } catch (err) {
     process.stderr.write(`dbshift: ${(err as Error).message}\n`)
     process.exit(2)

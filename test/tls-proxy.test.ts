@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { request } from 'node:https'
 import type { TLSSocket } from 'node:tls'
@@ -63,4 +64,18 @@ test('tls serves the proxy port over HTTPS, and a reload swaps the certificate f
   const bad = await proxy.app.reload()
   assert.match(bad.ok ? '' : bad.error, /tls\.cert = ".*missing\.crt": the file cannot be read/)
   assert.equal((await httpsGet(proxy.url, second.cert)).subject, 'second', 'a certificate that cannot be read keeps the one in force')
+})
+
+test('a certificate file that cannot be read stops the start with exit 2 and one line naming the key', async (t) => {
+  const file = configFile(t, { tls: { cert: '/nonexistent/tls.crt', key: '/nonexistent/tls.key' } })
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+    env: { PATH: process.env.PATH, DBSHIFT_CONFIG: file.path, DBSHIFT_LEGACY: 'http://127.0.0.1:1', DBSHIFT_MIGRATED: 'http://127.0.0.1:2', DBSHIFT_LISTEN: '127.0.0.1:0', DBSHIFT_ADMIN_LISTEN: '127.0.0.1:0' },
+    stdio: ['ignore', 'ignore', 'pipe']
+  })
+  let stderr = ''
+  child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
+  const [code] = await once(child, 'close') as [number | null]
+  assert.equal(code, 2)
+  assert.match(stderr, /^dbshift: invalid configuration: tls\.cert = "\/nonexistent\/tls\.crt": the file cannot be read/)
+  assert.equal(stderr.trim().split('\n').length, 1)
 })

@@ -1,10 +1,12 @@
 import { createServer, type Server } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import type { Server as TlsServer } from 'node:tls'
 import type { AddressInfo } from 'node:net'
 import { hostname } from 'node:os'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
-import { parseHostPort, type Config } from './config.ts'
+import { loadConfig, parseHostPort, type Config } from './config.ts'
 import { BadRequestError } from './errors.ts'
 import { Metrics } from './metrics.ts'
 import { routerFor } from './routing/configured.ts'
@@ -14,7 +16,7 @@ import { connectRedis, type RedisClient } from './rollout/redis.ts'
 import { RolloutStore } from './rollout/store.ts'
 import { RolloutSync } from './rollout/sync.ts'
 import { TrafficWindow } from './traffic/window.ts'
-import { createPools, closePools } from './proxy/pools.ts'
+import { createPools, closePools, type Pools } from './proxy/pools.ts'
 import { createForwarder, sendError } from './proxy/forward.ts'
 import type { AdminOptions } from './admin/options.ts'
 import { adminRoutes } from './admin/routes.ts'
@@ -24,6 +26,12 @@ import { RolloutControl } from './control/commands.ts'
 import { auditHandChanges } from './control/hand-changes.ts'
 import { Notifier } from './control/notify.ts'
 import { createGuards } from './guards/index.ts'
+import type { GuardContext } from './guards/events.ts'
+import { dryRunTrip, tripRollout } from './guards/trip.ts'
+import { localRaiseGate } from './health/gate.ts'
+import { PoolHealth } from './health/pool-health.ts'
+import { readTls, reload, reloadRoute, type ReloadResult } from './reload.ts'
+import { requireToken } from './admin/auth.ts'
 import { Heartbeat } from './fleet/heartbeat.ts'
 import { ScheduleRunner, runnerTimings } from './schedule/runner.ts'
 import { ScheduleStore } from './rollout/schedule-store.ts'
@@ -36,15 +44,22 @@ export interface AppDeps {
   redis?: RedisClient
   subscriber?: RedisClient
   now?: () => number
+  /** Reads the configuration again for a reload (SIGHUP, POST /reload); the file and the environment by default. */
+  loadConfig?: () => Config
 }
 
 /** The parts of a running dbshift: those the admin routes see, and the servers and background work around them. */
 export interface App extends Omit<AdminOptions, 'now' | 'schedules' | 'heartbeat'> {
   proxy: FastifyInstance
   admin: FastifyInstance
+  /** The pools requests go to now (a reload swaps them), and each member's health. */
+  pools: Pools
+  poolHealth: PoolHealth
   heartbeat: Heartbeat
   schedules: ScheduleStore
   scheduleRunner: ScheduleRunner
+  /** Re-reads and applies the configuration (SIGHUP, POST /reload); a bad one is refused whole and counted. */
+  reload: () => Promise<ReloadResult>
   /** Starts following Redis and listens on both ports (config.listen and config.adminListen). */
   listen: () => Promise<{ proxy: AddressInfo, admin: AddressInfo }>
   /** Stops taking requests, drains those in flight, then closes pools and Redis. */
@@ -90,15 +105,31 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
 
   const traffic = new TrafficWindow({ now })
   const router = routerFor(config.rollout)
-  const pools = createPools(config)
   const schedules = new ScheduleStore(redis, keys)
   const notifier = new Notifier({ ...config.notify, rollout: config.rollout.name, log, failures: metrics.backgroundErrors.labels('notify') })
-  const control = new RolloutControl({ redis, store, schedules, initialPercent: config.rollout.initialPercent, log, now, sync, metrics, notifier })
-  const guards = createGuards({ config, instanceId, sync, store, control, redis, traffic, metrics, log, now })
-  const heartbeat = new Heartbeat({ instanceId, redis, control, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log, failures: metrics.backgroundErrors.labels('heartbeat') })
+  const control = new RolloutControl({ redis, store, schedules, initialPercent: config.rollout.initialPercent, log, now, sync, metrics, notifier, raiseGate: localRaiseGate(() => poolHealth.migratedHealthy()) })
+  const guardContext: GuardContext = { config, instanceId, sync, store, control, redis, traffic, metrics, log, now }
+  const guards = createGuards(guardContext)
+  const poolHealth = new PoolHealth({
+    metrics,
+    log,
+    now,
+    rollout: () => sync.current,
+    rules: () => config.guards.l1,
+    trip: (reason) => {
+      if (config.guards.l1.dryRun) dryRunTrip(guardContext, guards.events, 'L1', reason)
+      else tripRollout(guardContext, guards.events, 'L1', reason).catch((err: unknown) => { log.error({ err }, 'the L1 trip on an unhealthy migrated pool failed') })
+    }
+  })
+  const pools = createPools(config, { now, onChange: poolHealth.onChange })
+  const heartbeat = new Heartbeat({ instanceId, redis, control, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log, failures: metrics.backgroundErrors.labels('heartbeat'), migratedHealthy: () => poolHealth.migratedHealthy() })
   const scheduleRunner = new ScheduleRunner({ instanceId, store, schedules, control, redis, ...runnerTimings(config.redis.pollIntervalMs), now, log, failures: metrics.backgroundErrors.labels('schedule') })
   listeners.on(sync, 'change', () => { scheduleRunner.checkNow() }) // a trip aborts the schedule at once
   listeners.on(sync, 'eventReceived', () => { scheduleRunner.checkNow() }) // a schedule started or changed is taken up at once
+  // The fleet sees a change of the migrated pool's health at once (the dbshift command's raise gate reads it).
+  listeners.on(poolHealth, 'change', (version) => {
+    if (version === 'migrated') heartbeat.beat().catch((err: unknown) => { log.debug({ err }, 'heartbeat after a change of pool health failed; the next one follows') })
+  })
   const stopHandAudit = auditHandChanges({ sync, store, control, instanceId, log })
   const stopDryRunHold = restartBakeOnDryRun(guards.events, control, instanceId, log)
   const forward = createForwarder({
@@ -149,7 +180,15 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   // Path parameters up to a user key of 256 bytes, percent-encoded (3 characters a byte), and some room.
   const admin = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 16_384, ajv: adminAjv, routerOptions: { maxParamLength: 1_024 } })
   await admin.register(consoleRoutes, { config, metrics, traffic, guards, sync, redis, keys, now }) // first: its read check covers every route
-  await admin.register(adminRoutes, { config, instanceId, sync, store, control, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, now })
+  const adminOptions: AdminOptions = { config, instanceId, sync, store, control, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, poolHealth, now }
+  const reloadConfig = async (): Promise<ReloadResult> => await reload({
+    config, pools, poolHealth, metrics, log, now, setSecureContext: (context) => { (proxy.server as unknown as TlsServer).setSecureContext(context) }
+  }, deps.loadConfig ?? (() => loadConfig()))
+  // One scope, so that POST /reload answers errors in the same shape as every admin route.
+  await admin.register(async (scope) => {
+    await adminRoutes(scope, adminOptions)
+    reloadRoute(scope, { change: { onRequest: requireToken(config.admin.token, config.admin.tokenName).hook }, reload: reloadConfig })
+  })
 
   let closing: Promise<void> | undefined
   let draining = false
@@ -167,12 +206,16 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     router,
     redis,
     guards,
+    pools,
+    poolHealth,
     heartbeat,
     schedules,
     scheduleRunner,
+    reload: reloadConfig,
     async listen () {
       await sync.start()
       guards.start()
+      poolHealth.attach(pools)
       heartbeat.start()
       scheduleRunner.start()
       await proxy.listen(parseHostPort(config.listen))
@@ -199,7 +242,10 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
           }],
           ['the rollout sync', async () => { await sync.close() }],
           ['the notifications under way', async () => { await notifier.flush() }],
-          ['the upstream pools', async () => { await closePools(pools) }],
+          ['the upstream pools', async () => {
+            poolHealth.close()
+            await closePools(pools)
+          }],
           ['the Redis connections', () => {
             if (!ownsRedis) return
             redis.disconnect()
@@ -217,7 +263,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
 
 /** The proxy's HTTP server, with the limits that protect it from slow and oversized clients. */
 function proxyServer (config: Config, handler: Parameters<typeof createServer>[1]): Server {
-  const server = createServer({
+  const options = {
     maxHeaderSize: config.server.maxHeaderBytes,
     requestTimeout: config.server.requestTimeoutMs,
     headersTimeout: config.server.headersTimeoutMs,
@@ -226,8 +272,10 @@ function proxyServer (config: Config, handler: Parameters<typeof createServer>[1
     keepAliveTimeout: config.server.keepAliveTimeoutMs,
     // Two Content-Length values, CL with TE and other ambiguous framing are refused by Node's parser (not lenient).
     insecureHTTPParser: false
-  }, handler)
-  return server
+  }
+  // HTTPS with Node's defaults (TLS 1.2 and 1.3, Node's default cipher list); a reload swaps the certificate.
+  if (config.tls !== undefined) return createHttpsServer({ ...options, ...readTls(config.tls) }, handler) as unknown as Server
+  return createServer(options, handler)
 }
 
 /** Keeps dbshift_redis_up true to the connection, and logs each loss of Redis once, not per retry. */

@@ -89,7 +89,10 @@ async function runPrimary (config: Config): Promise<void> {
   await once(admin, 'listening')
   log.info({ workers: config.workers, proxy: config.listen, admin: addressOf(admin.address() as AddressInfo) }, 'dbshift is listening')
 
-  closeWithGrace({ delay: config.server.shutdownGraceMs + 5_000 }, async ({ signal, err }) => {
+  // SIGHUP to the primary reloads every worker (each re-reads the file and the environment itself).
+  process.on('SIGHUP', () => { for (const { worker } of slots) worker?.process.kill('SIGHUP') })
+
+  closeWithGrace({ delay: config.server.shutdownGraceMs + 5_000, skip: ['SIGHUP'] }, async ({ signal, err }) => {
     stopping = true
     if (err !== undefined) log.error({ err }, 'shutting down after an error')
     else log.info({ signal }, 'shutting down: draining the workers')

@@ -12,7 +12,40 @@ const Millis = (value: number, minimum = 1) => Type.Integer({ minimum, default: 
 const Enum = <const T extends string>(values: readonly T[], defaultValue?: T) =>
   Type.Unsafe<T>({ type: 'string', enum: values, ...(defaultValue === undefined ? {} : { default: defaultValue }) })
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const
-const Pool = Type.Array(Type.String({ pattern: '^https?://[^\\s/?#]+(/[^\\s?#]*)?$', description: 'must be an http:// or https:// base URL' }), { minItems: 1 })
+const Members = Type.Array(Type.String({ pattern: '^https?://[^\\s/?#]+(/[^\\s?#]*)?$', description: 'must be an http:// or https:// base URL' }), { minItems: 1 })
+
+/** The upstream settings; a pool's own `upstream` holds any of them, without defaults, over the global ones. */
+const upstreamFields = (defaults: boolean) => {
+  const d = <T extends object>(options: T, value: number): T => (defaults ? { ...options, default: value } : options)
+  return {
+    connections: Type.Integer(d({ minimum: 1, maximum: 10_000, description: 'connections per pool member' }, 128)),
+    pipelining: Type.Integer(d({ minimum: 1, maximum: 100 }, 1)),
+    connectTimeoutMs: Type.Integer(d({ minimum: 1 }, 5_000)),
+    headersTimeoutMs: Type.Integer(d({ minimum: 1 }, 30_000)),
+    bodyTimeoutMs: Type.Integer(d({ minimum: 1 }, 30_000)),
+    keepAliveTimeoutMs: Type.Integer(d({ minimum: 1 }, 4_000)),
+    retries: Type.Integer(d({ minimum: 0, maximum: 10, description: 'retries of an idempotent request that failed before reaching the upstream' }, 1))
+  }
+}
+
+/** A pool in its object form; the list form `[url, …]` is read as `{ members: [url, …] }`. */
+const Pool = Type.Object({
+  members: Members,
+  healthCheck: Type.Optional(Type.Object({
+    path: Type.String({ pattern: '^/[^\\s#]*$', default: '/', description: 'must be a path starting with /' }),
+    intervalMs: Millis(2_000, 100),
+    timeoutMs: Millis(1_000, 10),
+    unhealthyAfter: Type.Integer({ minimum: 1, maximum: 100, default: 3 }),
+    healthyAfter: Type.Integer({ minimum: 1, maximum: 100, default: 2 })
+  }, { additionalProperties: false })),
+  outlier: Type.Object({
+    consecutiveErrors: Type.Integer({ minimum: 0, maximum: 1_000, default: 5, description: 'must be an integer from 0 (no ejection) to 1000' }),
+    ejectMs: Millis(30_000, 100),
+    maxEjectedPercent: Type.Integer({ minimum: 0, maximum: 100, default: 10 })
+  }, { additionalProperties: false, default: {} }),
+  // Retries stay global: the forwarder applies one retry rule to both pools.
+  upstream: Type.Optional(Type.Partial(Type.Omit(Type.Object(upstreamFields(false)), ['retries']), { additionalProperties: false }))
+}, { additionalProperties: false, description: 'must be a list of base URLs or { members, healthCheck, outlier, upstream }' })
 
 const Guard = <T extends Record<string, ReturnType<typeof Type.Integer> | ReturnType<typeof Type.Number> | ReturnType<typeof Type.Boolean>>>(fields: T) =>
   Type.Object({ enabled: Type.Boolean({ default: true }), dryRun: Type.Boolean({ default: false }), ...fields }, { additionalProperties: false, default: {} })
@@ -37,15 +70,11 @@ export const ConfigSchema = Type.Object({
     legacy: Pool,
     migrated: Pool
   }, { additionalProperties: false }),
-  upstream: Type.Object({
-    connections: Type.Integer({ minimum: 1, maximum: 10_000, default: 128, description: 'connections per pool member' }),
-    pipelining: Type.Integer({ minimum: 1, maximum: 100, default: 1 }),
-    connectTimeoutMs: Millis(5_000),
-    headersTimeoutMs: Millis(30_000),
-    bodyTimeoutMs: Millis(30_000),
-    keepAliveTimeoutMs: Millis(4_000),
-    retries: Type.Integer({ minimum: 0, maximum: 10, default: 1, description: 'retries of an idempotent request that failed before reaching the upstream' })
-  }, { additionalProperties: false, default: {} }),
+  upstream: Type.Object(upstreamFields(true), { additionalProperties: false, default: {} }),
+  tls: Type.Optional(Type.Object({
+    cert: Type.String({ minLength: 1, description: 'must be the path of a PEM certificate (chain) file' }),
+    key: Type.String({ minLength: 1, description: 'must be the path of a PEM private key file' })
+  }, { additionalProperties: false })),
   server: Type.Object({
     requestTimeoutMs: Millis(300_000, 0),
     headersTimeoutMs: Millis(15_000),
@@ -88,7 +117,8 @@ export const ConfigSchema = Type.Object({
       fastMinRequests: Type.Integer({ minimum: 1, default: 20 }),
       compareWithLegacy: Type.Boolean({ default: false }),
       legacyMargin: Type.Number({ minimum: 0, maximum: 1, default: 0.02 }),
-      evaluateIntervalMs: Millis(1_000, 100)
+      evaluateIntervalMs: Millis(1_000, 100),
+      unhealthyPoolMs: Millis(10_000, 0)
     }),
     l2: Type.Object({
       enabled: Type.Boolean({ default: true }),
@@ -120,6 +150,9 @@ export const ConfigSchema = Type.Object({
 }, { additionalProperties: false })
 
 export type Config = Static<typeof ConfigSchema>
+/** One pool in its object form (a list of base URLs is read as `{ members }`). */
+export type PoolConfig = Config['pools']['legacy']
+export type UpstreamConfig = Config['upstream']
 
 /** The environment variables of SPEC "Configuration", and the key each one overrides. */
 export const ENV_KEYS = {
@@ -149,10 +182,13 @@ export function resolveConfig (file: unknown, env: NodeJS.ProcessEnv = {}): Conf
     const value = env[variable]
     if (value === undefined || value === '') continue
     const isPool = key.startsWith('pools.')
-    setPath(raw, key, isPool ? value.split(',').map((url) => url.trim()).filter((url) => url !== '') : value)
+    const current = isPool ? (raw.pools as Record<string, unknown> | undefined)?.[key.slice(6)] : undefined
+    const inObject = typeof current === 'object' && current !== null && !Array.isArray(current)
+    setPath(raw, inObject ? `${key}.members` : key, isPool ? value.split(',').map((url) => url.trim()).filter((url) => url !== '') : value)
     fromEnv.set(key, variable)
   }
-  if (!validate(raw)) throw new ConfigError(describe(validate.errors?.[0], raw, fromEnv))
+  const listPools = normalizePools(raw)
+  if (!validate(raw)) throw new ConfigError(describe(validate.errors?.[0], raw, fromEnv, listPools))
   const config = raw as unknown as Config
   for (const key of ['listen', 'adminListen'] as const) {
     if (parseHostPort(config[key]).port > 65_535) {
@@ -182,10 +218,26 @@ export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
   return resolveConfig(parsed, env)
 }
 
-function describe (error: ErrorObject | undefined, raw: Record<string, unknown>, fromEnv: Map<string, string>): string {
+/** Reads each pool written as a list of base URLs as `{ members: [...] }`; returns the names of those pools. */
+function normalizePools (raw: Record<string, unknown>): Set<string> {
+  const lists = new Set<string>()
+  const pools = raw.pools
+  if (typeof pools !== 'object' || pools === null) return lists
+  for (const [name, pool] of Object.entries(pools as Record<string, unknown>)) {
+    if (!Array.isArray(pool)) continue
+    (pools as Record<string, unknown>)[name] = { members: pool }
+    lists.add(name)
+  }
+  return lists
+}
+
+function describe (error: ErrorObject | undefined, raw: Record<string, unknown>, fromEnv: Map<string, string>, listPools: Set<string>): string {
   if (error === undefined) return 'unknown validation error'
   const path = error.instancePath.split('/').slice(1)
   if (error.keyword === 'required') path.push(String(error.params.missingProperty))
+  const value = path.reduce<unknown>((node, part) => (node as Record<string, unknown> | undefined)?.[part], raw)
+  // A pool written as a list is named as the user wrote it: pools.legacy.0, not pools.legacy.members.0.
+  if (path[0] === 'pools' && listPools.has(path[1] ?? '') && path[2] === 'members') path.splice(2, 1)
   if (error.keyword === 'additionalProperties') {
     path.push(String(error.params.additionalProperty))
     return `${path.join('.')}: unknown key (allowed: ${allowedKeys(error.parentSchema).join(', ')})`
@@ -194,7 +246,6 @@ function describe (error: ErrorObject | undefined, raw: Record<string, unknown>,
   const envKey = [...fromEnv.keys()].find((k) => key === k || key.startsWith(`${k}.`))
   const source = envKey === undefined ? key : `${key} (from ${fromEnv.get(envKey) ?? ''})`
   if (error.keyword === 'required') return `${source}: is required`
-  const value = path.reduce<unknown>((node, part) => (node as Record<string, unknown> | undefined)?.[part], raw)
   const description = (error.parentSchema as { description?: string } | undefined)?.description
   const rule = description?.startsWith('must') === true ? description : undefined
   const allowed = error.keyword === 'enum' ? `must be one of ${(error.params.allowedValues as string[]).join(', ')}` : undefined

@@ -20,7 +20,8 @@ export const ERROR_CODES = [
   'DBSHIFT_ERR_INVALID_VALUE',
   'DBSHIFT_ERR_CONFLICT',
   'DBSHIFT_ERR_NO_INSTANCES',
-  'DBSHIFT_ERR_WORKERS_UNAVAILABLE'
+  'DBSHIFT_ERR_WORKERS_UNAVAILABLE',
+  'DBSHIFT_ERR_POOL_UNHEALTHY'
 ] as const
 
 export type ErrorCode = typeof ERROR_CODES[number]
@@ -76,3 +77,7 @@ export const NoInstancesError = createError<'DBSHIFT_ERR_NO_INSTANCES', 409, [st
 /** With `workers` > 1: no worker could answer an admin request relayed by the primary. */
 export const WorkersUnavailableError = createError<'DBSHIFT_ERR_WORKERS_UNAVAILABLE', 503, [string, Cause?]>(
   'DBSHIFT_ERR_WORKERS_UNAVAILABLE', 'no worker could answer: %s', 503)
+
+/** A raise onto a migrated pool none of whose members is healthy: users would be sent to a dead pool. */
+export const PoolUnhealthyError = createError<'DBSHIFT_ERR_POOL_UNHEALTHY', 409, [string, Cause?]>(
+  'DBSHIFT_ERR_POOL_UNHEALTHY', 'the migrated pool has no healthy member: %s', 409)

@@ -60,6 +60,8 @@ export class Metrics {
   readonly shadow: Counter<'result'>
   readonly l2Paused: Gauge
   readonly guardDryRuns: Counter<'level'>
+  readonly upstreamHealthy: Gauge<'version' | 'member'>
+  readonly configReloadFailures: Counter
   readonly backgroundErrors: Counter<'task'>
 
   /**
@@ -98,6 +100,9 @@ export class Metrics {
     this.backgroundErrors = new Counter({ name: 'dbshift_background_errors_total', help: 'Failed runs of background work (polls, heartbeats, guard evaluations, the schedule runner, notifications), by task.', labelNames: ['task'], registers })
     this.guardDryRuns = new Counter({ name: 'dbshift_guard_dry_run_trips_total', help: 'Trips a guard in dry-run mode would have made (logged, not acted on), by level.', labelNames: ['level'], registers })
 
+    this.upstreamHealthy = new Gauge({ name: 'dbshift_upstream_healthy', help: '1 while a pool member takes new requests (its health checks pass and it is not ejected), else 0; member as configured.', labelNames: ['version', 'member'], registers, aggregator: 'min' })
+    this.configReloadFailures = new Counter({ name: 'dbshift_config_reload_failures_total', help: 'Reloads (SIGHUP, POST /reload) refused because the new configuration was invalid; the running one was kept.', registers })
+
     // Series that exist from the start, at 0, so that rate() and alerts see the first failure as an increase.
     for (const version of VERSIONS) {
       for (const reason of UPSTREAM_ERROR_REASONS) this.upstreamErrors.labels(version, reason).inc(0)
@@ -111,6 +116,7 @@ export class Metrics {
     this.rolledBack.set(0)
     this.redisUp.set(0)
     this.l2Paused.set(0)
+    this.configReloadFailures.inc(0)
     if (options.defaultMetrics !== false) {
       collectDefaultMetrics({ register: registry })
       for (const name of MISNAMED_DEFAULT_METRICS) registry.removeSingleMetric(name)

@@ -102,7 +102,7 @@ test('dbshift gets a valid configuration from the mounted file and its environme
   for (const port of [listen.port, admin.port]) assert.match(dockerfile, new RegExp(`^EXPOSE .*\\b${port}\\b`, 'm'))
 
   for (const version of ['legacy', 'migrated'] as const) {
-    for (const url of config.pools[version]) {
+    for (const url of config.pools[version].members) {
       const { hostname, port } = new URL(url)
       const pool = services[hostname]
       assert.ok(pool !== undefined, `pools.${version}: ${hostname} is not a service`)

@@ -139,7 +139,7 @@ test('sidecar: dbshift beside both app containers, probes on the admin port, con
   const resources = load('sidecar')
   const { config, pod } = checkDbshift(resources)
   for (const version of ['legacy', 'migrated'] as const) {
-    for (const url of config.pools[version]) {
+    for (const url of config.pools[version].members) {
       const { hostname, port } = new URL(url)
       assert.equal(hostname, '127.0.0.1', `pools.${version}: a sidecar reaches its app on loopback`)
       const app = pod.spec.containers.find((c) => envOf(c, 'PORT')?.value === port)
@@ -154,7 +154,7 @@ test('edge: dbshift replicas in front of the two pools\' Services', () => {
   const resources = load('edge')
   const { config } = checkDbshift(resources)
   for (const version of ['legacy', 'migrated'] as const) {
-    for (const url of config.pools[version]) {
+    for (const url of config.pools[version].members) {
       const { hostname, port } = new URL(url)
       const service = find(resources, 'Service', hostname)
       assert.ok(service !== undefined, `pools.${version}: no Service ${hostname}`)

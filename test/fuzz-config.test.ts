@@ -67,7 +67,7 @@ test('property: one key of a valid config set to any value is accepted, or refus
     } else {
       assert.ok(config !== undefined)
       // An accepted config is usable: host:port values split, pools have members.
-      assert.ok(config.pools.legacy.length > 0 && config.pools.migrated.length > 0)
+      assert.ok(config.pools.legacy.members.length > 0 && config.pools.migrated.members.length > 0)
     }
   }), { numRuns: 1_000 })
 })

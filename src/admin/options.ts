@@ -3,6 +3,7 @@ import type { Config } from '../config.ts'
 import type { RolloutControl } from '../control/commands.ts'
 import type { Heartbeat } from '../fleet/heartbeat.ts'
 import type { Guards } from '../guards/index.ts'
+import type { PoolHealth } from '../health/pool-health.ts'
 import type { Metrics } from '../metrics.ts'
 import type { Router } from '../routing/decide.ts'
 import type { RedisClient } from '../rollout/redis.ts'
@@ -26,5 +27,6 @@ export interface AdminOptions {
   guards: Guards
   schedules?: ScheduleStore
   heartbeat?: Heartbeat
+  poolHealth?: PoolHealth
   now: () => number
 }

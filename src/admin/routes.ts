@@ -78,6 +78,7 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
       strategy: config.rollout.strategy,
       redis: { connected: isReady(redis), lastSyncAt: iso(sync.lastSyncAt), rollbackPending: sync.rollbackPending },
       traffic: { windowSeconds: STATUS_WINDOW_MS / 1000, ...perVersion },
+      pools: options.poolHealth?.status() ?? null,
       guards: { config: config.guards, ...options.guards.status() }
     }
   })

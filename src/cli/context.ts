@@ -6,6 +6,7 @@ import { ConfigError, RedisUnavailableError } from '../errors.ts'
 import { pino, type Logger } from 'pino'
 import type { Actor } from '../control/audit.ts'
 import { RolloutControl } from '../control/commands.ts'
+import { fleetRaiseGate } from '../health/gate.ts'
 import { Notifier } from '../control/notify.ts'
 import { liveRollouts } from '../fleet/fleet.ts'
 import { RolloutKeys } from '../rollout/keys.ts'
@@ -97,7 +98,8 @@ export async function openContext (options: GlobalOptions): Promise<CliContext> 
     initialPercent: config.rollout.initialPercent,
     log,
     notifier,
-    requireFollowers: options.force === true ? undefined : async () => await liveRollouts(redis, config.redis.prefix, Date.now())
+    requireFollowers: options.force === true ? undefined : async () => await liveRollouts(redis, config.redis.prefix, Date.now()),
+    raiseGate: fleetRaiseGate(redis, keys)
   })
   return {
     config,

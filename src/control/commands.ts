@@ -8,6 +8,7 @@ import type { RolloutSync } from '../rollout/sync.ts'
 import { parsePercent, PERCENT_RULE } from '../rollout/values.ts'
 import { describePlan, describeProgress, isActive, type RampStep, type Schedule } from '../rollout/schedule.ts'
 import type { ScheduleStore } from '../rollout/schedule-store.ts'
+import type { RaiseGate } from '../health/gate.ts'
 import type { Actor, AuditAction } from './audit.ts'
 import { Lease } from './lease.ts'
 import type { Notifier } from './notify.ts'
@@ -22,7 +23,7 @@ import { Scripts, type AuditHeader } from './scripts.ts'
 export type TripOutcome = 'tripped' | 'pending' | 'joined'
 
 /** Why a schedule write did not happen. */
-export type WriteRefusal = 'conflict' | 'rolled_back' | 'frozen'
+export type WriteRefusal = 'conflict' | 'rolled_back' | 'frozen' | 'unhealthy'
 
 export interface ScheduleChange {
   /** Audit action; undefined writes no entry and no event. */
@@ -53,6 +54,8 @@ export interface ControlOptions {
    * other rollouts have some (a mistyped --rollout), is refused.
    */
   requireFollowers?: () => Promise<Map<string, number>>
+  /** Refuses a raise (the dial, a ramp step) while the migrated pool has no healthy member. */
+  raiseGate?: RaiseGate
 }
 
 /** A rollback's reason when the operator gave none, by where it came from. */
@@ -94,6 +97,11 @@ export class RolloutControl {
     if (parsePercent(String(percent)) === undefined) return refused('DBSHIFT_ERR_INVALID_VALUE', `percent must be ${PERCENT_RULE}`)
     const blocked = await this.#preconditions(actor, 'moving traffic toward migrated needs Redis; try again when it is back')
     if (blocked !== undefined) return blocked
+    const unhealthy = await this.#unhealthyRaise(percent)
+    if (unhealthy !== undefined) {
+      this.#o.log.warn({ percent, by: actor.by, why: unhealthy }, 'refused a raise of the percentage: the migrated pool has no healthy member')
+      return refused('DBSHIFT_ERR_POOL_UNHEALTHY', unhealthy)
+    }
     const k = this.keys
     const [done, old, frozenBecause, state] = await this.#scripts.change('dbshiftSetPercent', this.#header(actor, reason), [k.percent, k.freeze, k.state],
       [String(percent), this.#o.initialPercent]) as [number, string, string, string]
@@ -253,6 +261,7 @@ export class RolloutControl {
 
   /** Writes `next` (undefined deletes it) if the schedule still is `raw`, optionally with a step's percentage. */
   async writeSchedule (raw: string, next: Schedule | undefined, actor: Actor, change: ScheduleChange): Promise<'ok' | WriteRefusal> {
+    if (change.percent !== undefined && await this.#unhealthyRaise(change.percent) !== undefined) return 'unhealthy'
     const k = this.keys
     const header = this.#header(actor, change.reason ?? '')
     if (next !== undefined) next.updatedAt = header.at
@@ -326,6 +335,13 @@ export class RolloutControl {
     const names = [...live].sort(([a], [b]) => a.localeCompare(b)).map(([name, count]) => `${name} (${count})`).join(', ')
     return refused('DBSHIFT_ERR_NO_INSTANCES', `no live dbshift instance follows rollout "${this.keys.name}"; rollouts with live instances: ${names}. ` +
       `Check --rollout (or DBSHIFT_ROLLOUT, rollout.name), or add --force to change "${this.keys.name}" anyway`)
+  }
+
+  /** Why a raise to `percent` is refused by the raise gate, or undefined (not a raise, or the pool is healthy). */
+  async #unhealthyRaise (percent: number): Promise<string | undefined> {
+    const why = await this.#o.raiseGate?.()
+    if (why === undefined || percent <= (await this.#o.store.read()).percent) return undefined
+    return why
   }
 
   /** On an instance, reads the change back at once rather than at the next poll. */

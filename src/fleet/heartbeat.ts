@@ -16,6 +16,8 @@ export interface InstanceBeat {
   /** A local rollback waits to be written to Redis. */
   rollbackPending: boolean
   traffic: Record<Version, { rps: number, errorRate: number }>
+  /** Whether a member of the migrated pool passes its health checks here (the gate of `dbshift set`). */
+  migratedHealthy?: boolean
   /** When the beat was written, and when it stops counting (ms, the instance's clock). */
   at: number
   expiresAt: number
@@ -38,6 +40,7 @@ export interface HeartbeatOptions {
   log: Logger
   /** Counts failed beats. */
   failures?: { inc: () => void }
+  migratedHealthy?: () => boolean
 }
 
 /**
@@ -82,7 +85,7 @@ export class Heartbeat {
       return [version, { rps: round(requests / (RATE_WINDOW_MS / 1000)), errorRate: requests === 0 ? 0 : round(errors / requests) }]
     })) as InstanceBeat['traffic']
     const snapshot = sync.current
-    return { id: instanceId, percent: snapshot.percent, state: snapshot.state, lastSyncAt: sync.lastSyncAt, rollbackPending: sync.rollbackPending, traffic: rates, at, expiresAt: at + intervalMs * 3 }
+    return { id: instanceId, percent: snapshot.percent, state: snapshot.state, lastSyncAt: sync.lastSyncAt, rollbackPending: sync.rollbackPending, traffic: rates, migratedHealthy: this.#o.migratedHealthy?.(), at, expiresAt: at + intervalMs * 3 }
   }
 
   async beat (): Promise<void> {

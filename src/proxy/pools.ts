@@ -1,39 +1,52 @@
-import { BalancedPool, Pool, type Dispatcher } from 'undici'
+import type { Dispatcher, Pool } from 'undici'
 import type { Config } from '../config.ts'
 import { ConfigError } from '../errors.ts'
+import { Balancer } from '../health/balancer.ts'
+import { MemberGroup, type MemberChange, type MemberStatus } from '../health/member.ts'
 import { VERSIONS, type Version } from '../routing/decide.ts'
 
-/** One version's upstream pool: keep-alive connections to each member, balanced across members. */
+/** One version's upstream pool: keep-alive connections to each member, balanced across the healthy ones. */
 export interface UpstreamPool {
   version: Version
   dispatcher: Dispatcher
   /** The members' common base path ('' for none), put in front of every forwarded path. */
   basePath: string
   members: string[]
+  /** Each member's health (active checks, outlier ejection). */
+  health: MemberGroup
 }
 
 export type Pools = Record<Version, UpstreamPool>
 
-export function createPools (config: Config): Pools {
-  const options: Pool.Options = {
-    connections: config.upstream.connections,
-    pipelining: config.upstream.pipelining,
-    keepAliveTimeout: config.upstream.keepAliveTimeoutMs,
-    headersTimeout: config.upstream.headersTimeoutMs,
-    bodyTimeout: config.upstream.bodyTimeoutMs,
-    connect: { timeout: config.upstream.connectTimeoutMs }
-  }
+export interface PoolOptions {
+  now?: () => number
+  /** A member started or stopped taking new requests. */
+  onChange?: (version: Version, change: MemberChange) => void
+  /** The members' states before a reload, by version and member as configured. */
+  previous?: Map<string, MemberStatus>
+}
+
+export function createPools (config: Config, options: PoolOptions = {}): Pools {
   const pools = {} as Pools
   for (const version of VERSIONS) {
-    const urls = config.pools[version].map((raw) => new URL(raw))
+    const pool = config.pools[version]
+    const upstream = { ...config.upstream, ...pool.upstream }
+    const dispatcherOptions: Pool.Options = {
+      connections: upstream.connections,
+      pipelining: upstream.pipelining,
+      keepAliveTimeout: upstream.keepAliveTimeoutMs,
+      headersTimeout: upstream.headersTimeoutMs,
+      bodyTimeout: upstream.bodyTimeoutMs,
+      connect: { timeout: upstream.connectTimeoutMs }
+    }
+    const urls = pool.members.map((raw) => new URL(raw))
     const basePath = (urls[0]?.pathname ?? '/').replace(/\/+$/, '')
     if (urls.some((url) => url.pathname.replace(/\/+$/, '') !== basePath)) {
-      throw new ConfigError(`pools.${version} = ${JSON.stringify(config.pools[version])}: every member of a pool must have the same base path`)
+      throw new ConfigError(`pools.${version} = ${JSON.stringify(pool.members)}: every member of a pool must have the same base path`)
     }
-    const members = urls.map((url) => url.origin)
-    // A single member needs no balancing; BalancedPool also steers away from members that fail to connect.
-    const dispatcher = members.length === 1 ? new Pool(members[0] as string, options) : new BalancedPool(members, options)
-    pools[version] = { version, dispatcher, basePath, members }
+    const health = new MemberGroup(pool, options.now ?? Date.now, (change) => options.onChange?.(version, change))
+    const members = urls.map((url, i) => health.add(pool.members[i] as string, url.origin, dispatcherOptions, options.previous?.get(`${version} ${pool.members[i] as string}`)))
+    pools[version] = { version, dispatcher: new Balancer(version, members), basePath, members: members.map((member) => member.origin), health }
   }
   return pools
 }

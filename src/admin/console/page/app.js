@@ -146,7 +146,7 @@ function renderPoolHealth (status) {
     const list = document.querySelector(`#pool-list [data-version="${version}"] ul`)
     if (list === null) continue
     list.replaceChildren(...members.map((m) => typeof m === 'object'
-      ? el('li', { class: m.healthy === false ? 'bad' : '' }, `${m.member ?? m.url ?? ''} · ${m.healthy === false ? 'unhealthy' : 'healthy'}${m.ejected ? ' (ejected)' : ''}`)
+      ? el('li', { class: m.healthy === false ? 'bad' : '' }, `${m.member ?? m.url ?? ''} · ${m.healthy === false ? 'unhealthy' : 'healthy'}${m.ejected || m.ejectedUntil ? ' (ejected)' : ''}${m.check === 'down' ? ' (check failing)' : ''}`)
       : el('li', {}, m)))
   }
 }

@@ -16,6 +16,10 @@ import { RolloutSync } from './rollout/sync.ts'
 import { TrafficWindow } from './traffic/window.ts'
 import { createPools, closePools } from './proxy/pools.ts'
 import { createForwarder, sendError } from './proxy/forward.ts'
+import { OpenConnections } from './proxy/connections.ts'
+import { StreamTracker } from './proxy/streams.ts'
+import { createUpgradeHandler } from './proxy/upgrade.ts'
+import { CLOSE_GOING_AWAY } from './proxy/ws-frames.ts'
 import { adminRoutes } from './admin/routes.ts'
 import { createGuards, type Guards } from './guards/index.ts'
 import { Heartbeat } from './fleet/heartbeat.ts'
@@ -44,6 +48,8 @@ export interface App {
   registry: Registry
   traffic: TrafficWindow
   router: Router
+  /** Open WebSockets and event streams, which follow the rollout while they are open. */
+  connections: OpenConnections
   redis: RedisClient
   guards: Guards
   heartbeat: Heartbeat
@@ -100,9 +106,13 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   sync.on('announced', () => { scheduleRunner.kick() }) // a schedule started or changed is taken up at once
   const stopHandAudit = auditHandChanges({ sync, store, redis, instanceId, log })
   const stopDryRunHold = restartBakeOnDryRun(guards.events, schedules, instanceId, log)
+  const keyReader = new UserKeyReader(config.identity.header, config.identity.cookie)
+  const connections = new OpenConnections({ router, rollout: () => sync.current, metrics, log, spreadMs: config.server.reconnectSpreadMs })
+  sync.on('change', (next) => { connections.reconsider(next) })
+  const streams = new StreamTracker(connections, keyReader, guards.hooks.tap)
   const forward = createForwarder({
     router,
-    keyReader: new UserKeyReader(config.identity.header, config.identity.cookie),
+    keyReader,
     rollout: () => sync.current,
     pools,
     metrics,
@@ -112,7 +122,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     retries: config.upstream.retries,
     maxInFlight: config.server.maxInFlight,
     maxUrlBytes: config.server.maxUrlBytes,
-    hooks: guards.hooks,
+    hooks: { ...guards.hooks, tap: streams.tap },
     draining: () => draining
   })
 
@@ -138,9 +148,29 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     url: '/*',
     handler: (request, reply) => {
       reply.hijack()
+      streams.watch(request.raw, reply.raw)
       forward(request.raw, reply.raw)
     }
   })
+  proxy.server.on('upgrade', createUpgradeHandler({
+    router,
+    keyReader,
+    rollout: () => sync.current,
+    pools,
+    metrics,
+    traffic,
+    log,
+    requestLogLevel: config.log.requests,
+    connections,
+    retries: config.upstream.retries,
+    maxUpgraded: config.server.maxUpgraded,
+    maxUrlBytes: config.server.maxUrlBytes,
+    connectTimeoutMs: config.upstream.connectTimeoutMs,
+    headersTimeoutMs: config.upstream.headersTimeoutMs,
+    pausedFor: guards.hooks.pausedFor,
+    draining: () => draining,
+    plain: forward
+  }))
 
   // An unknown field or a value of the wrong type in an admin body is refused (400), never dropped or converted;
   // multipleOf is checked with a tolerance so that 33.33 is a multiple of 0.01 despite binary floating point.
@@ -161,6 +191,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     registry,
     traffic,
     router,
+    connections,
     redis,
     guards,
     heartbeat,
@@ -178,10 +209,14 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     async close (options = {}) {
       closing ??= (async () => {
         draining = true
+        // Open WebSockets hear 1001 (going away) and event streams end now, so their clients reconnect elsewhere
+        // while this instance drains; the HTTP server cannot finish closing while they are open.
+        const upgradedClosed = connections.closeAll(CLOSE_GOING_AWAY)
         // From now on every answer says Connection: close. Before idle connections are closed (which can cross a
         // request a client is just sending on one), give busy clients time to hear it and leave on their own.
         if (options.noticeMs !== undefined) await new Promise((resolve) => setTimeout(resolve, options.noticeMs))
         // An answer that was already under way when the drain began leaves its connection idle: close those too.
+        await upgradedClosed
         const idle = setInterval(() => proxy.server.closeIdleConnections(), 250).unref()
         await Promise.all([proxy.close(), admin.close()]).finally(() => clearInterval(idle))
         await guards.close()

@@ -53,7 +53,9 @@ export const ConfigSchema = Type.Object({
     maxHeaderBytes: Type.Integer({ minimum: 1024, maximum: 1_048_576, default: 16_384 }),
     maxUrlBytes: Type.Integer({ minimum: 64, maximum: 1_048_576, default: 8_192 }),
     maxInFlight: Type.Integer({ minimum: 0, default: 10_000, description: 'requests in flight before new ones get 503; 0 = no limit' }),
-    shutdownGraceMs: Millis(25_000)
+    shutdownGraceMs: Millis(25_000),
+    reconnectSpreadMs: Millis(5_000, 0),
+    maxUpgraded: Type.Integer({ minimum: 0, default: 10_000, description: 'open WebSockets before new handshakes get 503; 0 = no limit' })
   }, { additionalProperties: false, default: {} }),
   redis: Type.Object({
     url: Type.String({ pattern: '^(redis|rediss|redis\\+sentinel|redis\\+cluster)://', default: 'redis://127.0.0.1:6379', description: 'must be a redis://, rediss://, redis+sentinel:// or redis+cluster:// URL' }),

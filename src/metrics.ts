@@ -8,6 +8,10 @@ export type UpstreamErrorReason = typeof UPSTREAM_ERROR_REASONS[number]
 export const GUARD_LEVELS = ['L1', 'L2', 'L3', 'manual'] as const
 export type GuardLevel = typeof GUARD_LEVELS[number]
 
+/** What a long-lived connection is: the `kind` label of dbshift_open_connections. */
+export const CONNECTION_KINDS = ['websocket', 'stream'] as const
+export type ConnectionKind = typeof CONNECTION_KINDS[number]
+
 export const SHADOW_RESULTS = ['match', 'mismatch', 'error', 'skipped'] as const
 export type ShadowResult = typeof SHADOW_RESULTS[number]
 
@@ -56,6 +60,8 @@ export class Metrics {
   readonly shadow: Counter<'result'>
   readonly l2Paused: Gauge
   readonly guardDryRuns: Counter<'level'>
+  readonly openConnections: Gauge<'version' | 'kind'>
+  readonly connectionsMoved: Counter<'version'>
 
   /**
    * Requests are counted here and handed to prom-client when it collects (at each scrape): a request costs a
@@ -92,10 +98,15 @@ export class Metrics {
     this.l2Paused = new Gauge({ name: 'dbshift_l2_paused', help: '1 while the L2 guard pauses the new-feature routes and freezes the ramp, else 0.', registers, aggregator: 'max' })
     this.guardDryRuns = new Counter({ name: 'dbshift_guard_dry_run_trips_total', help: 'Trips a guard in dry-run mode would have made (logged, not acted on), by level.', labelNames: ['level'], registers })
 
+    this.openConnections = new Gauge({ name: 'dbshift_open_connections', help: 'Open long-lived connections (upgraded WebSockets, event streams), by version and kind.', labelNames: ['version', 'kind'], registers, aggregator: 'sum' })
+    this.connectionsMoved = new Counter({ name: 'dbshift_connections_moved_total', help: 'Long-lived connections closed because their user now gets the other version, by the version they were on.', labelNames: ['version'], registers })
+
     // Series that exist from the start, at 0, so that rate() and alerts see the first failure as an increase.
     for (const version of VERSIONS) {
       for (const reason of UPSTREAM_ERROR_REASONS) this.upstreamErrors.labels(version, reason).inc(0)
       this.duration.zero({ version })
+      for (const kind of CONNECTION_KINDS) this.openConnections.labels(version, kind).set(0)
+      this.connectionsMoved.labels(version).inc(0)
     }
     for (const level of GUARD_LEVELS) this.guardTrips.labels(level).inc(0)
     for (const level of GUARD_LEVELS) if (level !== 'manual') this.guardDryRuns.labels(level).inc(0)

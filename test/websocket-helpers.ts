@@ -2,7 +2,7 @@ import { once } from 'node:events'
 import { createServer, type IncomingMessage, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { TestContext } from 'node:test'
-import { WebSocket, WebSocketServer } from 'ws'
+import { WebSocket, WebSocketServer, type VerifyClientCallbackAsync } from 'ws'
 import { Router } from '../src/routing/decide.ts'
 
 type Teardown = Pick<TestContext, 'after'>
@@ -23,7 +23,7 @@ export interface WsUpstream {
  * A real WebSocket upstream (`ws`): it says who it is in a first JSON message ({ servedBy, tag, user }) and then
  * echoes every message as it came (text stays text, binary stays binary). Plain HTTP requests get JSON naming it.
  */
-export async function startWsUpstream (t: Teardown, name: string, options: { verifyClient?: ConstructorParameters<typeof WebSocketServer>[0]['verifyClient'] } = {}): Promise<WsUpstream> {
+export async function startWsUpstream (t: Teardown, name: string, options: { verifyClient?: VerifyClientCallbackAsync } = {}): Promise<WsUpstream> {
   const server = createServer((req, res) => {
     req.resume()
     const body = JSON.stringify({ servedBy: name, tag: req.headers['x-dbshift-version'], upgrade: req.headers.upgrade ?? null, connection: req.headers.connection ?? null })

@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { WebSocket } from 'ws'
-import { startProxy, startProxyProcess, startRedis, testConfig } from './helpers.ts'
+import { spawn } from 'node:child_process'
+import { freePort, startProxy, startProxyProcess, startRedis, testConfig } from './helpers.ts'
 import { connectAs, refusedHandshake, startWsUpstream } from './websocket-helpers.ts'
 
 test('app.close sends 1001 to every open WebSocket as the drain begins, refuses new handshakes, and finishes once they closed', async (t) => {
@@ -56,4 +57,46 @@ test('SIGTERM with open WebSockets: each gets 1001 and the process exits 0 witho
   const socket = new WebSocket(proxy.url.replace('http', 'ws'))
   const error = await new Promise<Error>((resolve) => socket.once('error', resolve))
   assert.match(error.message, /ECONNREFUSED/)
+})
+
+test('with workers: open WebSockets are counted across the workers, and SIGTERM to the primary sends each one 1001', async (t) => {
+  const redis = await startRedis(t)
+  const legacy = await startWsUpstream(t, 'legacy')
+  const migrated = await startWsUpstream(t, 'migrated')
+  const dir = await mkdtemp(join(tmpdir(), 'dbshift-ws-workers-'))
+  t.after(async () => await rm(dir, { recursive: true, force: true }))
+  const [port, adminPort] = [await freePort(), await freePort()]
+  const file = join(dir, 'dbshift.yaml')
+  await writeFile(file, [
+    `listen: 127.0.0.1:${port}`,
+    `adminListen: 127.0.0.1:${adminPort}`,
+    'workers: 2',
+    `pools: { legacy: ['${legacy.url}'], migrated: ['${migrated.url}'] }`,
+    `redis: { url: '${redis.url}' }`
+  ].join('\n'))
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], { env: { ...process.env, DBSHIFT_CONFIG: file }, stdio: ['ignore', 'pipe', 'inherit'] })
+  const exited = once(child, 'exit')
+  t.after(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL')
+      await exited
+    }
+  })
+  let out = ''
+  await new Promise<void>((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`dbshift exited with ${String(code)}: ${out}`)))
+    child.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString()
+      if (/"role":"primary".*"msg":"dbshift is listening"/.test(out)) resolve()
+    })
+  })
+  const url = `http://127.0.0.1:${port}`
+  const clients = await Promise.all(['a', 'b', 'c', 'd', 'e', 'f'].map(async (user) => await connectAs(t, url, user)))
+  const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text()
+  assert.match(metrics, /dbshift_open_connections\{version="legacy",kind="websocket"\} 6/, 'the primary adds up the workers\' gauges')
+
+  child.kill('SIGTERM')
+  const codes = await Promise.all(clients.map(async (client) => (await client.closed).code))
+  assert.deepEqual(codes, clients.map(() => 1001))
+  assert.deepEqual((await exited)[0], 0)
 })

@@ -153,6 +153,9 @@ class Handshake {
       upstream.destroy()
       return
     }
+    // The upstream socket keeps its request object; that must not keep this handshake (and the client's request) alive.
+    this.#out?.removeAllListeners()
+    this.#out?.on('error', () => {})
     const client = this.#socket
     const { version } = this.#decision
     client.write(switchingProtocols(res, version), 'latin1')

@@ -138,3 +138,27 @@ test('a handshake with two Host headers or an overlong target is refused before 
   assert.match(await raw(proxy.url, handshake('/' + 'x'.repeat(100))), /^HTTP\/1\.1 414 [^]*DBSHIFT_ERR_URI_TOO_LONG/)
   assert.equal(legacy.handshakes.length, 0)
 })
+
+test('an upstream that takes the handshake and never answers gets 504 after upstream.headersTimeoutMs, as an error of that version', async (t) => {
+  const redis = await startRedis(t)
+  const held: Socket[] = []
+  const silent = createServer((socket: Socket) => { held.push(socket) })
+  silent.listen(0, '127.0.0.1')
+  await once(silent, 'listening')
+  t.after(() => {
+    for (const socket of held) socket.destroy()
+    silent.close()
+  })
+  const legacy = await startWsUpstream(t, 'legacy')
+  const silentUrl = `http://127.0.0.1:${(silent.address() as AddressInfo).port}`
+  const proxy = await startProxy(t, testConfig(redis.url, legacy.url, silentUrl, { rollout: { initialPercent: 50 }, upstream: { headersTimeoutMs: 200 } }))
+
+  const answer = await refusedHandshake(proxy.url, migratedUser)
+  assert.equal(answer.status, 504)
+  assert.equal(JSON.parse(answer.body).error, 'DBSHIFT_ERR_UPSTREAM_TIMEOUT')
+  assert.equal(held.length, 1, 'not sent again: the upstream may be working on it')
+  assert.deepEqual(proxy.app.traffic.totals('migrated', 60_000), { requests: 1, errors: 1 })
+  const metrics = await (await fetch(`${proxy.adminUrl}/metrics`)).text()
+  assert.match(metrics, /dbshift_upstream_errors_total\{version="migrated",reason="timeout"\} 1/)
+  assert.equal((await connectAs(t, proxy.url, legacyUser)).hello.servedBy, 'legacy', 'the other version is unaffected')
+})

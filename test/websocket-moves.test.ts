@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict'
+import { once } from 'node:events'
+import type { IncomingMessage } from 'node:http'
 import { mock, test } from 'node:test'
 import { Registry } from 'prom-client'
+import { WebSocket } from 'ws'
 import { pino } from 'pino'
 import { Metrics } from '../src/metrics.ts'
 import { OpenConnections, type OpenConnection } from '../src/proxy/connections.ts'
@@ -105,4 +108,32 @@ test('moves are spread over reconnectSpreadMs, and one whose user moves back bef
   connections.reconsider(current)
   mock.timers.tick(1_000)
   assert.deepEqual(closes, [1012], 'users back on their version before their turn are not touched')
+})
+
+test('a handshake still under way when the rollback lands is moved as soon as it opens', async (t) => {
+  const redis = await startRedis(t)
+  const legacy = await startWsUpstream(t, 'legacy')
+  const held: Array<() => void> = []
+  let reached = (): void => {}
+  const handshakeHeld = new Promise<void>((resolve) => { reached = resolve })
+  const migrated = await startWsUpstream(t, 'migrated', {
+    verifyClient: (_info, done) => {
+      held.push(() => { done(true) })
+      reached()
+    }
+  })
+  await redis.client.set('dbshift:{default}:percent', '50')
+  const proxy = await startProxy(t, testConfig(redis.url, legacy.url, migrated.url, { server: { reconnectSpreadMs: 100 } }))
+
+  const socket = new WebSocket(proxy.url.replace('http', 'ws') + '/live', { headers: { 'x-user-id': usersInBuckets(0, 5000, 1)[0] as string } })
+  t.after(() => { socket.terminate() })
+  const upgraded = once(socket, 'upgrade')
+  const closed = once(socket, 'close')
+  await handshakeHeld // decided migrated, sent, not yet answered
+  await redis.client.set('dbshift:{default}:state', 'rolled_back')
+  await untilRollout(proxy.app, (s) => s.rolledBack)
+  held[0]?.()
+  const [res] = await upgraded as [IncomingMessage]
+  assert.equal(res.headers['x-dbshift-version'], 'migrated')
+  assert.equal((await closed)[0], 1012, 'it missed the change while it was being opened, and moves all the same')
 })

@@ -71,6 +71,8 @@ export class OpenConnections extends EventEmitter<OpenConnectionsEvents> {
     const gauge = this.#options.metrics.openConnections.labels(connection.version, connection.kind)
     gauge.inc()
     this.emit('added', connection)
+    // Decided before a change that it missed (a handshake under way during a rollback): it moves like the others.
+    this.#reconsiderOne(entry, this.#options.rollout())
     return () => {
       if (!this.#open.delete(entry)) return
       this.#counts[connection.kind]--
@@ -82,18 +84,7 @@ export class OpenConnections extends EventEmitter<OpenConnectionsEvents> {
 
   /** Called on every rollout change: schedules the move of each connection whose version changed. */
   reconsider (state: RoutingState): void {
-    const router = this.#options.router
-    for (const entry of this.#open) {
-      if (entry.closing !== undefined) continue
-      const { version, key } = entry.connection
-      if (router.decide(state, key).version === version) {
-        clearTimeout(entry.timer) // moved back before its turn came: it stays
-        entry.timer = undefined
-      } else if (entry.timer === undefined) {
-        entry.timer = setTimeout(() => { this.#move(entry) }, Math.floor(this.#random() * this.#options.spreadMs))
-        entry.timer.unref()
-      }
-    }
+    for (const entry of this.#open) this.#reconsiderOne(entry, state)
   }
 
   /** Closes every open connection with `code` (a WebSocket close code) and resolves once all have closed. */
@@ -104,6 +95,18 @@ export class OpenConnections extends EventEmitter<OpenConnectionsEvents> {
       entry.closing ??= entry.connection.close(code)
       await entry.closing
     }))
+  }
+
+  #reconsiderOne (entry: Entry, state: RoutingState): void {
+    if (entry.closing !== undefined) return
+    const { version, key } = entry.connection
+    if (this.#options.router.decide(state, key).version === version) {
+      clearTimeout(entry.timer) // moved back before its turn came: it stays
+      entry.timer = undefined
+    } else if (entry.timer === undefined) {
+      entry.timer = setTimeout(() => { this.#move(entry) }, Math.floor(this.#random() * this.#options.spreadMs))
+      entry.timer.unref()
+    }
   }
 
   #move (entry: Entry): void {

@@ -162,3 +162,31 @@ test('an upstream that takes the handshake and never answers gets 504 after upst
   assert.match(metrics, /dbshift_upstream_errors_total\{version="migrated",reason="timeout"\} 1/)
   assert.equal((await connectAs(t, proxy.url, legacyUser)).hello.servedBy, 'legacy', 'the other version is unaffected')
 })
+
+test('a client that leaves during the handshake frees its place under maxUpgraded and is no error of the version', async (t) => {
+  const redis = await startRedis(t)
+  const held: Socket[] = []
+  const silent = createServer((socket: Socket) => {
+    held.push(socket)
+    socket.resume() // read, so that its end is seen
+  })
+  silent.listen(0, '127.0.0.1')
+  await once(silent, 'listening')
+  t.after(() => {
+    for (const socket of held) socket.destroy()
+    silent.close()
+  })
+  const reached = once(silent, 'connection')
+  const migrated = await startWsUpstream(t, 'migrated')
+  const silentUrl = `http://127.0.0.1:${(silent.address() as AddressInfo).port}`
+  const proxy = await startProxy(t, testConfig(redis.url, silentUrl, migrated.url, { rollout: { initialPercent: 50 }, server: { maxUpgraded: 1 } }))
+
+  const leaving = connect(Number(new URL(proxy.url).port), '127.0.0.1')
+  leaving.write(`GET /live HTTP/1.1\r\nHost: x\r\nX-User-Id: ${legacyUser}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`)
+  const [upstreamSide] = await reached as [Socket]
+  const upstreamClosed = once(upstreamSide, 'close')
+  leaving.destroy()
+  await upstreamClosed // dbshift gave up the upstream connection of the handshake nobody waits for
+  assert.equal((await connectAs(t, proxy.url, migratedUser)).hello.servedBy, 'migrated', 'the place it held is free again')
+  assert.deepEqual(proxy.app.traffic.totals('legacy', 60_000), { requests: 0, errors: 0 })
+})

@@ -82,3 +82,11 @@ test('a client closing normally closes the upstream with its code, and the conne
   const metrics = await (await fetch(`${proxy.adminUrl}/metrics`)).text()
   assert.match(metrics, /dbshift_open_connections\{version="migrated",kind="websocket"\} 0/)
 })
+
+test('an upstream closing the WebSocket reaches the client with its code and reason', async (t) => {
+  const { migrated, proxy } = await setup(t)
+  const client = await connectAs(t, proxy.url, migratedUser)
+  const [upstreamSide] = [...migrated.wss.clients]
+  upstreamSide?.close(4001, 'session over')
+  assert.deepEqual(await client.closed, { code: 4001, reason: 'session over' })
+})

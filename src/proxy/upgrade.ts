@@ -18,6 +18,8 @@ import { classifyUpstreamError } from './upstream-errors.ts'
 
 /** TCP keep-alive probes on upgraded sockets, so that a peer that vanished without a FIN is found and closed. */
 const KEEPALIVE_MS = 60_000
+/** What a client may send before the upstream has accepted its handshake. */
+const MAX_EARLY_BYTES = 65_536
 
 export interface UpgradeDeps {
   router: Router
@@ -91,6 +93,8 @@ class Handshake {
   readonly #settled: () => void
   readonly #started = performance.now()
   #attempt = 0
+  readonly #early: Buffer[] = []
+  #earlyBytes = 0
   #out: ClientRequest | undefined
   #timer: NodeJS.Timeout | undefined
   /** The client left, or the handshake has its outcome: nothing more is done or counted. */
@@ -107,6 +111,9 @@ class Handshake {
     this.#turns = turns
     this.#settled = settled
     socket.once('close', this.#onClientGone)
+    socket.once('end', this.#onClientEnd)
+    // Read while waiting, or a client that leaves would never be noticed (its end is only seen by reading).
+    socket.on('data', this.#onEarlyData)
   }
 
   send (): void {
@@ -166,7 +173,8 @@ class Handshake {
     }
     // Bytes that came with the handshake on either side are the first frames of their direction.
     if (upstreamHead.length > 0) upstream.unshift(upstreamHead)
-    if (this.#head.length > 0) client.unshift(this.#head)
+    const early = this.#early.length === 0 ? this.#head : Buffer.concat([this.#head, ...this.#early])
+    if (early.length > 0) client.unshift(early)
     const tunnel = new Tunnel(client, upstream)
     const remove = this.#deps.connections.add({ version, kind: 'websocket', key: this.#key, close: async (code) => await tunnel.close(code) })
     tunnel.closed.then(remove, remove)
@@ -212,8 +220,22 @@ class Handshake {
       this.#over = true
       this.#settled()
       this.#socket.off('close', this.#onClientGone)
+      this.#socket.off('end', this.#onClientEnd)
+      this.#socket.off('data', this.#onEarlyData)
     }
     return gone
+  }
+
+  /** Bytes a client sent before the 101 (it should send none): kept for the upstream, within a bound. */
+  readonly #onEarlyData = (chunk: Buffer): void => {
+    this.#early.push(chunk)
+    this.#earlyBytes += chunk.length
+    if (this.#earlyBytes > MAX_EARLY_BYTES) this.#socket.destroy()
+  }
+
+  /** The server keeps half-open sockets; a client that stops sending before its answer has left. */
+  readonly #onClientEnd = (): void => {
+    this.#socket.destroy()
   }
 
   readonly #onClientGone = (): void => {

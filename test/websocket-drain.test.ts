@@ -100,3 +100,27 @@ test('with workers: open WebSockets are counted across the workers, and SIGTERM 
   assert.deepEqual(codes, clients.map(() => 1001))
   assert.deepEqual((await exited)[0], 0)
 })
+
+test('a WebSocket whose handshake was under way when the drain began gets 1001 as soon as it opens', async (t) => {
+  const redis = await startRedis(t)
+  const held: Array<() => void> = []
+  let reached = (): void => {}
+  const handshakeHeld = new Promise<void>((resolve) => { reached = resolve })
+  const legacy = await startWsUpstream(t, 'legacy', {
+    verifyClient: (_info, done) => {
+      held.push(() => { done(true) })
+      reached()
+    }
+  })
+  const proxy = await startProxy(t, testConfig(redis.url, legacy.url, legacy.url))
+  const socket = new WebSocket(proxy.url.replace('http', 'ws') + '/live')
+  t.after(() => { socket.terminate() })
+  const upgraded = once(socket, 'upgrade')
+  const closed = once(socket, 'close')
+  await handshakeHeld
+  const closing = proxy.app.close()
+  held[0]?.()
+  await upgraded
+  assert.equal((await closed)[0], 1001)
+  await closing
+})

@@ -51,6 +51,8 @@ export class OpenConnections extends EventEmitter<OpenConnectionsEvents> {
   readonly #counts: Record<ConnectionKind, number> = { websocket: 0, stream: 0 }
   readonly #options: OpenConnectionsOptions
   readonly #random: () => number
+  /** Set by closeAll: the close code of the drain, which anything opened afterwards gets at once. */
+  #drainCode = 0
 
   constructor (options: OpenConnectionsOptions) {
     super()
@@ -71,6 +73,7 @@ export class OpenConnections extends EventEmitter<OpenConnectionsEvents> {
     const gauge = this.#options.metrics.openConnections.labels(connection.version, connection.kind)
     gauge.inc()
     this.emit('added', connection)
+    if (this.#drainCode !== 0) entry.closing = connection.close(this.#drainCode) // opened while draining
     // Decided before a change that it missed (a handshake under way during a rollback): it moves like the others.
     this.#reconsiderOne(entry, this.#options.rollout())
     return () => {
@@ -89,6 +92,7 @@ export class OpenConnections extends EventEmitter<OpenConnectionsEvents> {
 
   /** Closes every open connection with `code` (a WebSocket close code) and resolves once all have closed. */
   async closeAll (code: number): Promise<void> {
+    this.#drainCode = code
     await Promise.all([...this.#open].map(async (entry) => {
       clearTimeout(entry.timer)
       entry.timer = undefined

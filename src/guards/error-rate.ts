@@ -37,15 +37,21 @@ export function judge (totals: FleetTotals, rules: ErrorRateRules): Verdict {
       notes.push(`${what} within ${percent(window.limit)}`)
       continue
     }
+    // One client repeating one key (or a few) cannot roll the fleet back: the failures must come from many users.
+    const users = totals.failingUsers[window.name]
+    if (users < rules.minUsers) {
+      notes.push(`${what}, but from ${users} distinct users of the ${rules.minUsers} needed`)
+      continue
+    }
     if (rules.compareWithLegacy && legacy.requests > 0) {
       const legacyRate = ratio(legacy.errors, legacy.requests)
       if (rate - legacyRate <= rules.legacyMargin) {
         notes.push(`${what}, but legacy fails too (${percent(legacyRate)}, margin ${percent(rules.legacyMargin)})`)
         continue
       }
-      return { trip: true, window: window.name, reason: `${what} ${window.atLimit ? '≥' : '>'} ${percent(window.limit)}, legacy ${percent(legacyRate)}` }
+      return { trip: true, window: window.name, reason: `${what} ${window.atLimit ? '≥' : '>'} ${percent(window.limit)} from ${users} users, legacy ${percent(legacyRate)}` }
     }
-    return { trip: true, window: window.name, reason: `${what} ${window.atLimit ? '≥' : '>'} ${percent(window.limit)}` }
+    return { trip: true, window: window.name, reason: `${what} ${window.atLimit ? '≥' : '>'} ${percent(window.limit)} from ${users} users` }
   }
   return { trip: false, reason: notes.join('; ') }
 }

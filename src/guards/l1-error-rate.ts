@@ -102,11 +102,17 @@ export class ErrorRateGuard {
   /** This instance's own counts, for when the fleet's cannot be read. */
   #localTotals (now: number): FleetTotals {
     const since = this.#armedAt === 0 ? Infinity : now - this.#armedAt
+    const traffic = this.#ctx.traffic
     const window = (ms: number): FleetTotals['fast'] => ({
-      legacy: this.#ctx.traffic.totals('legacy', Math.min(ms, since)),
-      migrated: this.#ctx.traffic.totals('migrated', Math.min(ms, since))
+      legacy: traffic.totals('legacy', Math.min(ms, since)),
+      migrated: traffic.totals('migrated', Math.min(ms, since))
     })
-    return { fast: window(this.#rules.fastWindowMs), long: window(this.#rules.windowMs) }
+    const users = (ms: number): number => traffic.failingUsers('migrated', Math.min(ms, since))
+    return {
+      fast: window(this.#rules.fastWindowMs),
+      long: window(this.#rules.windowMs),
+      failingUsers: { fast: users(this.#rules.fastWindowMs), long: users(this.#rules.windowMs) }
+    }
   }
 
   /** A resume re-arms the guard: what happened before it no longer counts. */

@@ -20,6 +20,7 @@ import { OpenConnections } from './proxy/connections.ts'
 import { StreamTracker } from './proxy/streams.ts'
 import { createUpgradeHandler } from './proxy/upgrade.ts'
 import { CLOSE_GOING_AWAY } from './proxy/ws-frames.ts'
+import { headerPolicy } from './proxy/headers.ts'
 import { adminRoutes } from './admin/routes.ts'
 import { createGuards, type Guards } from './guards/index.ts'
 import { Heartbeat } from './fleet/heartbeat.ts'
@@ -107,6 +108,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const stopHandAudit = auditHandChanges({ sync, store, redis, instanceId, log })
   const stopDryRunHold = restartBakeOnDryRun(guards.events, schedules, instanceId, log)
   const keyReader = new UserKeyReader(config.identity.header, config.identity.cookie)
+  const headers = headerPolicy(config.server.trustedProxies, config.upstream.preserveHost)
   const connections = new OpenConnections({ router, rollout: () => sync.current, metrics, log, spreadMs: config.server.reconnectSpreadMs })
   sync.on('change', (next) => { connections.reconsider(next) })
   const streams = new StreamTracker(connections, keyReader, guards.hooks.tap)
@@ -122,6 +124,10 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     retries: config.upstream.retries,
     maxInFlight: config.server.maxInFlight,
     maxUrlBytes: config.server.maxUrlBytes,
+    headers,
+    stuckMs: config.guards.l1.stuckMs,
+    queueTimeoutMs: config.upstream.queueTimeoutMs,
+    writeTimeoutMs: config.server.writeTimeoutMs,
     hooks: { ...guards.hooks, tap: streams.tap },
     draining: () => draining
   })
@@ -132,13 +138,14 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     // A target fastify cannot route (bad percent-encoding, …) gets the same JSON shape as every other refusal.
     frameworkErrors: (error, _request, reply) => {
       reply.hijack()
+      metrics.recordRefused('bad_request')
       sendError(reply.raw, new BadRequestError(error.message), undefined, { connection: 'close' })
     },
     exposeHeadRoutes: false,
     // While draining, requests already on a connection are still served (with Connection: close), not refused.
     return503OnClosing: false,
     forceCloseConnections: 'idle',
-    serverFactory: (handler) => proxyServer(config, handler)
+    serverFactory: (handler) => proxyServer(config, handler, metrics)
   })
   // Bodies are streamed to the upstream untouched: no parser may read them.
   proxy.removeAllContentTypeParsers()
@@ -161,6 +168,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     traffic,
     log,
     requestLogLevel: config.log.requests,
+    headers,
     connections,
     retries: config.upstream.retries,
     maxUpgraded: config.server.maxUpgraded,
@@ -238,7 +246,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
 }
 
 /** The proxy's HTTP server, with the limits that protect it from slow and oversized clients. */
-function proxyServer (config: Config, handler: Parameters<typeof createServer>[1]): Server {
+function proxyServer (config: Config, handler: Parameters<typeof createServer>[1], metrics: Metrics): Server {
   const server = createServer({
     maxHeaderSize: config.server.maxHeaderBytes,
     requestTimeout: config.server.requestTimeoutMs,
@@ -249,6 +257,12 @@ function proxyServer (config: Config, handler: Parameters<typeof createServer>[1
     // Two Content-Length values, CL with TE and other ambiguous framing are refused by Node's parser (not lenient).
     insecureHTTPParser: false
   }, handler)
+  // What Node's parser refuses (431, 408, malformed framing) never reaches a route: count it here. Fastify's own
+  // clientError listener writes the answer.
+  server.on('clientError', (err: Error & { code?: string }) => {
+    if (err.code === 'ECONNRESET' || err.code === 'EPIPE') return // the client left: nothing was answered
+    metrics.recordRefused(err.code === 'HPE_HEADER_OVERFLOW' ? 'headers_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'bad_request')
+  })
   return server
 }
 

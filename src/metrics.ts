@@ -5,6 +5,13 @@ import { VERSIONS, type Version } from './routing/decide.ts'
 export const UPSTREAM_ERROR_REASONS = ['refused', 'reset', 'timeout', 'dns', 'tls', 'protocol', 'other'] as const
 export type UpstreamErrorReason = typeof UPSTREAM_ERROR_REASONS[number]
 
+/** Why dbshift answered a request itself: the `reason` label of dbshift_refused_total. */
+export const REFUSED_REASONS = [
+  'overloaded', 'bad_request', 'uri_too_long', 'headers_too_large', 'request_timeout', 'fenced', 'paused',
+  'asterisk', 'local_error', 'queue_timeout', 'shutting_down'
+] as const
+export type RefusedReason = typeof REFUSED_REASONS[number]
+
 export const GUARD_LEVELS = ['L1', 'L2', 'L3', 'manual'] as const
 export type GuardLevel = typeof GUARD_LEVELS[number]
 
@@ -62,12 +69,15 @@ export class Metrics {
   readonly guardDryRuns: Counter<'level'>
   readonly openConnections: Gauge<'version' | 'kind'>
   readonly connectionsMoved: Counter<'version'>
+  readonly refused: Counter<'reason'>
 
   /**
    * Requests are counted here and handed to prom-client when it collects (at each scrape): a request costs a
    * few array increments instead of two label lookups.
    */
   readonly #pending: Record<Version, PendingRequests> = { legacy: new PendingRequests(), migrated: new PendingRequests() }
+  /** The children of dbshift_refused_total, looked up once: shedding under load costs no label lookup. */
+  readonly #refusedBy = {} as Record<RefusedReason, { inc: () => void }>
 
   constructor (registry: Registry, options: { defaultMetrics?: boolean } = {}) {
     const registers = [registry]
@@ -97,6 +107,7 @@ export class Metrics {
     this.shadow = new Counter({ name: 'dbshift_shadow_total', help: 'Shadow comparisons between versions, by result.', labelNames: ['result'], registers })
     this.l2Paused = new Gauge({ name: 'dbshift_l2_paused', help: '1 while the L2 guard pauses the new-feature routes and freezes the ramp, else 0.', registers, aggregator: 'max' })
     this.guardDryRuns = new Counter({ name: 'dbshift_guard_dry_run_trips_total', help: 'Trips a guard in dry-run mode would have made (logged, not acted on), by level.', labelNames: ['level'], registers })
+    this.refused = new Counter({ name: 'dbshift_refused_total', help: 'Requests dbshift answered itself without an upstream (shed, malformed, too large, paused, ...), by reason.', labelNames: ['reason'], registers })
 
     this.openConnections = new Gauge({ name: 'dbshift_open_connections', help: 'Open long-lived connections (upgraded WebSockets, event streams), by version and kind.', labelNames: ['version', 'kind'], registers, aggregator: 'sum' })
     this.connectionsMoved = new Counter({ name: 'dbshift_connections_moved_total', help: 'Long-lived connections closed because their user now gets the other version, by the version they were on.', labelNames: ['version'], registers })
@@ -111,6 +122,11 @@ export class Metrics {
     for (const level of GUARD_LEVELS) this.guardTrips.labels(level).inc(0)
     for (const level of GUARD_LEVELS) if (level !== 'manual') this.guardDryRuns.labels(level).inc(0)
     for (const result of SHADOW_RESULTS) this.shadow.labels(result).inc(0)
+    for (const reason of REFUSED_REASONS) {
+      const child = this.refused.labels(reason)
+      child.inc(0)
+      this.#refusedBy[reason] = child
+    }
     this.rolloutPercent.set(0)
     this.rolledBack.set(0)
     this.redisUp.set(0)
@@ -131,6 +147,11 @@ export class Metrics {
     pending.byBucket[i]++
     pending.sum += seconds
     pending.count++
+  }
+
+  /** Counts one request dbshift answered itself. */
+  recordRefused (reason: RefusedReason): void {
+    this.#refusedBy[reason].inc()
   }
 
   #flushRequests (): void {

@@ -120,6 +120,7 @@ test('at most server.maxUpgraded WebSockets are open: the next handshake gets 50
   assert.equal(JSON.parse(refused.body).error, 'DBSHIFT_ERR_TOO_MANY_UPGRADED')
   assert.equal(legacy.handshakes.length, 2, 'the refused one never reached an upstream')
   assert.equal(proxy.app.traffic.totals('legacy', 60_000).errors, 0, 'a refusal of dbshift\'s own is no error of a version')
+  assert.match(await (await fetch(`${proxy.adminUrl}/metrics`)).text(), /dbshift_refused_total\{reason="overloaded"\} 1/)
 
   const removed = once(proxy.app.connections, 'removed')
   first.socket.close()
@@ -136,7 +137,16 @@ test('a handshake with two Host headers or an overlong target is refused before 
     'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n'
   assert.match(await raw(proxy.url, handshake('/live', 'Host: b\r\n')), /^HTTP\/1\.1 400 [^]*DBSHIFT_ERR_BAD_REQUEST/)
   assert.match(await raw(proxy.url, handshake('/' + 'x'.repeat(100))), /^HTTP\/1\.1 414 [^]*DBSHIFT_ERR_URI_TOO_LONG/)
+  assert.match(await raw(proxy.url, handshake('ftp://shop.example/live')), /^HTTP\/1\.1 400 [^]*DBSHIFT_ERR_BAD_REQUEST/)
   assert.equal(legacy.handshakes.length, 0)
+  const metrics = await (await fetch(`${proxy.adminUrl}/metrics`)).text()
+  assert.match(metrics, /dbshift_refused_total\{reason="bad_request"\} 2/)
+  assert.match(metrics, /dbshift_refused_total\{reason="uri_too_long"\} 1/)
+
+  // The target is normalised as for any request: dot-segments cannot climb out of a pool's base path.
+  const client = await connectAs(t, proxy.url, 'a', '/x/../live//now')
+  assert.equal(client.hello.servedBy, 'legacy')
+  assert.equal(legacy.handshakes[0]?.url, '/live/now')
 })
 
 test('an upstream that takes the handshake and never answers gets 504 after upstream.headersTimeoutMs, as an error of that version', async (t) => {

@@ -4,15 +4,16 @@ import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { Logger, LevelWithSilent } from 'pino'
 import { BadRequestError, FeaturePausedError, ShuttingDownError, TooManyUpgradedError, UriTooLongError } from '../errors.ts'
-import type { Metrics } from '../metrics.ts'
+import type { Metrics, RefusedReason } from '../metrics.ts'
 import type { Decision, Router, Version } from '../routing/decide.ts'
 import { fromByteString, headerCount, type UserKeyReader } from '../routing/user-key.ts'
 import type { RolloutSnapshot } from '../rollout/snapshot.ts'
 import type { TrafficWindow } from '../traffic/window.ts'
 import type { OpenConnections } from './connections.ts'
 import { sendError } from './forward.ts'
-import { clientHeaders, upstreamHeaders } from './headers.ts'
+import { clientHeaders, upstreamHeaders, type HeaderPolicy } from './headers.ts'
 import type { Pools, UpstreamPool } from './pools.ts'
+import { normalisePath, otherTarget } from './target.ts'
 import { Tunnel } from './tunnel.ts'
 import { classifyUpstreamError } from './upstream-errors.ts'
 
@@ -30,6 +31,7 @@ export interface UpgradeDeps {
   traffic: TrafficWindow
   log: Logger
   requestLogLevel: LevelWithSilent
+  headers: HeaderPolicy
   connections: OpenConnections
   retries: number
   /** Open WebSockets (and handshakes under way) before a new handshake gets 503; 0 = no limit. */
@@ -57,26 +59,44 @@ export function createUpgradeHandler (deps: UpgradeDeps): (req: IncomingMessage,
   return function upgrade (req, duplex, head) {
     const socket = duplex as Socket
     socket.on('error', () => { socket.destroy() })
+    // Answered here, never by an upstream, and never counted against a version (dbshift_refused_total).
+    const refuseAs = (reason: RefusedReason, error: RefusalError, version?: Version, extra?: OutgoingHttpHeaders): void => {
+      deps.metrics.recordRefused(reason)
+      refuse(req, socket, error, version, extra)
+    }
     if (!isWebSocket(req)) {
       // Node stops parsing at an upgrade, so a body would be left unread on the socket: only bodiless ones are served.
-      if (hasBody(req)) return refuse(req, socket, new BadRequestError(`an Upgrade to "${String(req.headers.upgrade)}" with a request body is not supported; send the request without Upgrade`))
+      if (hasBody(req)) return refuseAs('bad_request', new BadRequestError(`an Upgrade to "${String(req.headers.upgrade)}" with a request body is not supported; send the request without Upgrade`))
       return deps.plain(req, responseOn(req, socket))
     }
-    if ((req.url?.length ?? 0) > deps.maxUrlBytes) return refuse(req, socket, new UriTooLongError())
-    if (headerCount(req.rawHeaders, 'host') > 1) return refuse(req, socket, new BadRequestError('more than one Host header'))
-    if (deps.draining()) return refuse(req, socket, new ShuttingDownError(), undefined, { 'retry-after': '1' })
+    const url = req.url ?? '/'
+    if (url.length > deps.maxUrlBytes) return refuseAs('uri_too_long', new UriTooLongError())
+    // The same target rules as for any request (target.ts): origin-form normalised, absolute-form rewritten.
+    let path = url
+    let authority: string | undefined
+    if (url.charCodeAt(0) === 47 /* / */) {
+      path = normalisePath(url)
+    } else {
+      const target = otherTarget(url)
+      if ('refused' in target) return refuseAs('bad_request', new BadRequestError(target.refused))
+      path = target.path
+      authority = target.authority
+    }
+    if (headerCount(req.rawHeaders, 'host') > 1) return refuseAs('bad_request', new BadRequestError('more than one Host header'))
+    if (deps.draining()) return refuseAs('shutting_down', new ShuttingDownError(), undefined, { 'retry-after': '1' })
     if (deps.maxUpgraded > 0 && deps.connections.count('websocket') + pending >= deps.maxUpgraded) {
-      return refuse(req, socket, new TooManyUpgradedError(deps.maxUpgraded), undefined, { 'retry-after': '1' })
+      return refuseAs('overloaded', new TooManyUpgradedError(deps.maxUpgraded), undefined, { 'retry-after': '1' })
     }
     const key = deps.keyReader.read(req.headers, req.rawHeaders)
     const decision = deps.router.decide(deps.rollout(), key)
-    const retryAfter = deps.pausedFor?.(req.url ?? '/') ?? 0
+    const retryAfter = deps.pausedFor?.(path) ?? 0
     if (retryAfter > 0) {
       deps.metrics.recordRequest(decision.version, 503, 0)
-      return refuse(req, socket, new FeaturePausedError(), decision.version, { 'retry-after': String(retryAfter) })
+      return refuseAs('paused', new FeaturePausedError(), decision.version, { 'retry-after': String(retryAfter) })
     }
     pending++
-    new Handshake(req, socket, head, key, decision, deps, deps.pools[decision.version], turns, () => { pending-- }).send()
+    const headers = { ...upstreamHeaders(req, decision.version, deps.headers, authority), connection: 'Upgrade', upgrade: req.headers.upgrade as string }
+    new Handshake(req, socket, head, key, decision, deps, deps.pools[decision.version], turns, { path, headers }, () => { pending-- }).send()
   }
 }
 
@@ -91,6 +111,7 @@ class Handshake {
   readonly #pool: UpstreamPool
   readonly #turns: Record<Version, number>
   readonly #settled: () => void
+  readonly #request: { path: string, headers: Record<string, string | string[]> }
   readonly #started = performance.now()
   #attempt = 0
   readonly #early: Buffer[] = []
@@ -100,7 +121,7 @@ class Handshake {
   /** The client left, or the handshake has its outcome: nothing more is done or counted. */
   #over = false
 
-  constructor (req: IncomingMessage, socket: Socket, head: Buffer, key: string | undefined, decision: Decision, deps: UpgradeDeps, pool: UpstreamPool, turns: Record<Version, number>, settled: () => void) {
+  constructor (req: IncomingMessage, socket: Socket, head: Buffer, key: string | undefined, decision: Decision, deps: UpgradeDeps, pool: UpstreamPool, turns: Record<Version, number>, request: { path: string, headers: Record<string, string | string[]> }, settled: () => void) {
     this.#req = req
     this.#socket = socket
     this.#head = head
@@ -110,6 +131,7 @@ class Handshake {
     this.#pool = pool
     this.#turns = turns
     this.#settled = settled
+    this.#request = request
     socket.once('close', this.#onClientGone)
     socket.once('end', this.#onClientEnd)
     // Read while waiting, or a client that leaves would never be noticed (its end is only seen by reading).
@@ -122,13 +144,12 @@ class Handshake {
     const members = this.#pool.members
     const member = new URL(members[this.#turns[version]++ % members.length] as string)
     const secure = member.protocol === 'https:'
-    const headers = { ...upstreamHeaders(this.#req, version), connection: 'Upgrade', upgrade: this.#req.headers.upgrade as string }
     const out = (secure ? httpsRequest : httpRequest)({
       hostname: member.hostname.replace(/^\[(.*)\]$/, '$1'),
       port: member.port === '' ? (secure ? 443 : 80) : Number(member.port),
       method: 'GET',
-      path: this.#pool.basePath + (this.#req.url ?? '/'),
-      headers,
+      path: this.#pool.basePath + this.#request.path,
+      headers: this.#request.headers,
       agent: false // an upgraded connection leaves any pool: it gets one of its own
     })
     this.#out = out
@@ -206,6 +227,11 @@ class Handshake {
       return this.send()
     }
     this.#finish()
+    if (failure.local) { // this side's failure before anything was sent: says nothing about the upstream
+      this.#deps.metrics.recordRefused(failure.error.statusCode === 400 ? 'bad_request' : 'local_error')
+      this.#deps.log.warn({ err, version }, 'WebSocket handshake not forwarded: refused on this side before anything was sent')
+      return refuse(this.#req, this.#socket, failure.error, version)
+    }
     this.#deps.metrics.upstreamErrors.labels(version, failure.reason).inc()
     this.#deps.log.warn({ err, version, reason: failure.reason, url: this.#req.url }, 'upstream failed a WebSocket handshake')
     refuse(this.#req, this.#socket, failure.error, version)
@@ -248,7 +274,9 @@ class Handshake {
     const seconds = (performance.now() - this.#started) / 1000
     const { version, why, bucket } = this.#decision
     this.#deps.metrics.recordRequest(version, status, seconds)
-    this.#deps.traffic.record(version, isError)
+    // The distinct-users rule counts the user key, or the client address of an anonymous client.
+    this.#deps.traffic.record(version, isError, isError ? this.#key ?? this.#socket.remoteAddress ?? '' : undefined)
+    this.#deps.traffic.latency(version, seconds)
     const level = this.#deps.requestLogLevel
     if (level === 'silent') return
     this.#deps.log[level]({
@@ -302,6 +330,8 @@ function responseOn (req: IncomingMessage, socket: Socket): ServerResponse {
   return res
 }
 
-function refuse (req: IncomingMessage, socket: Socket, error: Error & { code: string, statusCode?: number }, version?: Version, extra: OutgoingHttpHeaders = {}): void {
+type RefusalError = Error & { code: string, statusCode?: number }
+
+function refuse (req: IncomingMessage, socket: Socket, error: RefusalError, version?: Version, extra: OutgoingHttpHeaders = {}): void {
   sendError(responseOn(req, socket), error, version, { connection: 'close', ...extra })
 }

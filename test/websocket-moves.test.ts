@@ -57,7 +57,7 @@ test('a rollback closes exactly the migrated users\' WebSockets with 1012; legac
   assert.equal(proxy.app.traffic.totals('migrated', 60_000).errors, 0, 'a move is no error of the version')
 })
 
-test('a lowered dial moves only the users above it; the deny-set moves just its members', async (t) => {
+test('a lowered dial moves only the users above it; the deny- and allow-sets move just their members', async (t) => {
   const { redis, proxy } = await setup(t)
   const staying = usersInBuckets(0, 2500, 4, 'low')
   const moving = usersInBuckets(2500, 5000, 4, 'mid')
@@ -79,6 +79,17 @@ test('a lowered dial moves only the users above it; the deny-set moves just its 
   await untilRollout(proxy.app, (s) => s.deny.size === 1)
   for (const client of others) assert.equal((await client.echo('y')).data.toString(), 'y')
   assert.equal(proxy.app.connections.count('websocket'), others.length + legacyClients.length + 1)
+
+  // The allow-set moves the other way: a legacy user added to it reconnects to migrated.
+  const [allowed, ...stillLegacy] = legacyClients
+  await redis.client.sadd('dbshift:{default}:allow', onLegacy[0] as string)
+  await redis.client.publish('dbshift:{default}:events', 'allow')
+  assert.equal((await allowed?.closed)?.code, 1012)
+  assert.equal((await connectAs(t, proxy.url, onLegacy[0])).hello.servedBy, 'migrated')
+  for (const client of [...others, ...stillLegacy]) assert.equal((await client.echo('z')).data.toString(), 'z')
+  const metrics = await (await fetch(`${proxy.adminUrl}/metrics`)).text()
+  assert.match(metrics, /dbshift_connections_moved_total\{version="legacy"\} 1/)
+  assert.match(metrics, new RegExp(`dbshift_connections_moved_total\\{version="migrated"\\} ${moving.length + 1}\\b`))
 })
 
 function connection (key: string, version: 'legacy' | 'migrated', closes: number[]): OpenConnection {

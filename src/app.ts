@@ -15,10 +15,16 @@ import { RolloutKeys } from './rollout/keys.ts'
 import { connectRedis, type RedisClient } from './rollout/redis.ts'
 import { RolloutStore } from './rollout/store.ts'
 import { RolloutSync } from './rollout/sync.ts'
+import type { RolloutSnapshot } from './rollout/snapshot.ts'
 import { TrafficWindow } from './traffic/window.ts'
 import { createPools, closePools, type Pools } from './proxy/pools.ts'
 import { createForwarder, sendError } from './proxy/forward.ts'
 import type { AdminOptions } from './admin/options.ts'
+import { OpenConnections } from './proxy/connections.ts'
+import { StreamTracker } from './proxy/streams.ts'
+import { createUpgradeHandler } from './proxy/upgrade.ts'
+import { CLOSE_GOING_AWAY } from './proxy/ws-frames.ts'
+import { headerPolicy } from './proxy/headers.ts'
 import { adminRoutes } from './admin/routes.ts'
 import { consoleRoutes } from './admin/console.ts'
 import { closeAll, Listeners } from './background.ts'
@@ -55,6 +61,8 @@ export interface App extends Omit<AdminOptions, 'now' | 'schedules' | 'heartbeat
   /** The pools requests go to now (a reload swaps them), and each member's health. */
   pools: Pools
   poolHealth: PoolHealth
+  /** Open WebSockets and event streams, which follow the rollout while they are open. */
+  connections: OpenConnections
   heartbeat: Heartbeat
   schedules: ScheduleStore
   scheduleRunner: ScheduleRunner
@@ -132,9 +140,14 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   })
   const stopHandAudit = auditHandChanges({ sync, store, control, instanceId, log })
   const stopDryRunHold = restartBakeOnDryRun(guards.events, control, instanceId, log)
+  const keyReader = new UserKeyReader(config.identity.header, config.identity.cookie)
+  const headers = headerPolicy(config.server.trustedProxies, config.upstream.preserveHost)
+  const connections = new OpenConnections({ router, rollout: () => sync.current, metrics, log, spreadMs: config.server.reconnectSpreadMs })
+  listeners.on(sync, 'change', (next: RolloutSnapshot) => { connections.reconsider(next) })
+  const streams = new StreamTracker(connections, keyReader, guards.hooks.tap)
   const forward = createForwarder({
     router,
-    keyReader: new UserKeyReader(config.identity.header, config.identity.cookie),
+    keyReader,
     rollout: () => sync.current,
     pools,
     metrics,
@@ -144,7 +157,11 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     retries: config.upstream.retries,
     maxInFlight: config.server.maxInFlight,
     maxUrlBytes: config.server.maxUrlBytes,
-    hooks: guards.hooks,
+    headers,
+    stuckMs: config.guards.l1.stuckMs,
+    queueTimeoutMs: config.upstream.queueTimeoutMs,
+    writeTimeoutMs: config.server.writeTimeoutMs,
+    hooks: { ...guards.hooks, tap: streams.tap },
     draining: () => draining
   })
 
@@ -154,13 +171,14 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     // A target fastify cannot route (bad percent-encoding, …) gets the same JSON shape as every other refusal.
     frameworkErrors: (error, _request, reply) => {
       reply.hijack()
+      metrics.recordRefused('bad_request')
       sendError(reply.raw, new BadRequestError(error.message), undefined, { connection: 'close' })
     },
     exposeHeadRoutes: false,
     // While draining, requests already on a connection are still served (with Connection: close), not refused.
     return503OnClosing: false,
     forceCloseConnections: 'idle',
-    serverFactory: (handler) => proxyServer(config, handler)
+    serverFactory: (handler) => proxyServer(config, handler, metrics)
   })
   // Bodies are streamed to the upstream untouched: no parser may read them.
   proxy.removeAllContentTypeParsers()
@@ -170,9 +188,30 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     url: '/*',
     handler: (request, reply) => {
       reply.hijack()
+      streams.watch(request.raw, reply.raw)
       forward(request.raw, reply.raw)
     }
   })
+  proxy.server.on('upgrade', createUpgradeHandler({
+    router,
+    keyReader,
+    rollout: () => sync.current,
+    pools,
+    metrics,
+    traffic,
+    log,
+    requestLogLevel: config.log.requests,
+    headers,
+    connections,
+    retries: config.upstream.retries,
+    maxUpgraded: config.server.maxUpgraded,
+    maxUrlBytes: config.server.maxUrlBytes,
+    connectTimeoutMs: config.upstream.connectTimeoutMs,
+    headersTimeoutMs: config.upstream.headersTimeoutMs,
+    pausedFor: guards.hooks.pausedFor,
+    draining: () => draining,
+    plain: forward
+  }))
 
   // An unknown field or a value of the wrong type in an admin body is refused (400), never dropped or converted;
   // multipleOf is checked with a tolerance so that 33.33 is a multiple of 0.01 despite binary floating point.
@@ -204,6 +243,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     registry,
     traffic,
     router,
+    connections,
     redis,
     guards,
     pools,
@@ -225,10 +265,14 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     async close (options = {}) {
       closing ??= (async () => {
         draining = true
+        // Open WebSockets hear 1001 (going away) and event streams end now, so their clients reconnect elsewhere
+        // while this instance drains; the HTTP server cannot finish closing while they are open.
+        const upgradedClosed = connections.closeAll(CLOSE_GOING_AWAY)
         // From now on every answer says Connection: close. Before idle connections are closed (which can cross a
         // request a client is just sending on one), give busy clients time to hear it and leave on their own.
         if (options.noticeMs !== undefined) await new Promise((resolve) => setTimeout(resolve, options.noticeMs))
         // An answer that was already under way when the drain began leaves its connection idle: close those too.
+        await upgradedClosed
         const idle = setInterval(() => proxy.server.closeIdleConnections(), 250).unref()
         // Every step runs even when an earlier one fails; the failures are reported together at the end.
         await closeAll([
@@ -262,7 +306,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
 }
 
 /** The proxy's HTTP server, with the limits that protect it from slow and oversized clients. */
-function proxyServer (config: Config, handler: Parameters<typeof createServer>[1]): Server {
+function proxyServer (config: Config, handler: Parameters<typeof createServer>[1], metrics: Metrics): Server {
   const options = {
     maxHeaderSize: config.server.maxHeaderBytes,
     requestTimeout: config.server.requestTimeoutMs,
@@ -274,8 +318,14 @@ function proxyServer (config: Config, handler: Parameters<typeof createServer>[1
     insecureHTTPParser: false
   }
   // HTTPS with Node's defaults (TLS 1.2 and 1.3, Node's default cipher list); a reload swaps the certificate.
-  if (config.tls !== undefined) return createHttpsServer({ ...options, ...readTls(config.tls) }, handler) as unknown as Server
-  return createServer(options, handler)
+  const server = config.tls !== undefined ? createHttpsServer({ ...options, ...readTls(config.tls) }, handler) as unknown as Server : createServer(options, handler)
+  // What Node's parser refuses (431, 408, malformed framing) never reaches a route: count it here. Fastify's own
+  // clientError listener writes the answer.
+  server.on('clientError', (err: Error & { code?: string }) => {
+    if (err.code === 'ECONNRESET' || err.code === 'EPIPE') return // the client left: nothing was answered
+    metrics.recordRefused(err.code === 'HPE_HEADER_OVERFLOW' ? 'headers_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'bad_request')
+  })
+  return server
 }
 
 /** Keeps dbshift_redis_up true to the connection, and logs each loss of Redis once, not per retry. */

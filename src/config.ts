@@ -24,7 +24,8 @@ const upstreamFields = (defaults: boolean) => {
     headersTimeoutMs: Type.Integer(d({ minimum: 1 }, 30_000)),
     bodyTimeoutMs: Type.Integer(d({ minimum: 1 }, 30_000)),
     keepAliveTimeoutMs: Type.Integer(d({ minimum: 1 }, 4_000)),
-    retries: Type.Integer(d({ minimum: 0, maximum: 10, description: 'retries of an idempotent request that failed before reaching the upstream' }, 1))
+    retries: Type.Integer(d({ minimum: 0, maximum: 10, description: 'retries of an idempotent request that failed before reaching the upstream' }, 1)),
+    queueTimeoutMs: Type.Integer(d({ minimum: 1 }, 10_000))
   }
 }
 
@@ -44,7 +45,7 @@ const Pool = Type.Object({
     maxEjectedPercent: Type.Integer({ minimum: 0, maximum: 100, default: 10 })
   }, { additionalProperties: false, default: {} }),
   // Retries stay global: the forwarder applies one retry rule to both pools.
-  upstream: Type.Optional(Type.Partial(Type.Omit(Type.Object(upstreamFields(false)), ['retries']), { additionalProperties: false }))
+  upstream: Type.Optional(Type.Partial(Type.Omit(Type.Object(upstreamFields(false)), ['retries', 'queueTimeoutMs']), { additionalProperties: false }))
 }, { additionalProperties: false, description: 'must be a list of base URLs or { members, healthCheck, outlier, upstream }' })
 
 const Guard = <T extends Record<string, ReturnType<typeof Type.Integer> | ReturnType<typeof Type.Number> | ReturnType<typeof Type.Boolean>>>(fields: T) =>
@@ -70,7 +71,7 @@ export const ConfigSchema = Type.Object({
     legacy: Pool,
     migrated: Pool
   }, { additionalProperties: false }),
-  upstream: Type.Object(upstreamFields(true), { additionalProperties: false, default: {} }),
+  upstream: Type.Object({ ...upstreamFields(true), preserveHost: Type.Boolean({ default: true }) }, { additionalProperties: false, default: {} }),
   tls: Type.Optional(Type.Object({
     cert: Type.String({ minLength: 1, description: 'must be the path of a PEM certificate (chain) file' }),
     key: Type.String({ minLength: 1, description: 'must be the path of a PEM private key file' })
@@ -82,7 +83,11 @@ export const ConfigSchema = Type.Object({
     maxHeaderBytes: Type.Integer({ minimum: 1024, maximum: 1_048_576, default: 16_384 }),
     maxUrlBytes: Type.Integer({ minimum: 64, maximum: 1_048_576, default: 8_192 }),
     maxInFlight: Type.Integer({ minimum: 0, default: 10_000, description: 'requests in flight before new ones get 503; 0 = no limit' }),
-    shutdownGraceMs: Millis(25_000)
+    shutdownGraceMs: Millis(25_000),
+    writeTimeoutMs: Millis(30_000),
+    trustedProxies: Type.Array(Type.String({ minLength: 1 }), { default: [] }),
+    reconnectSpreadMs: Millis(5_000, 0),
+    maxUpgraded: Type.Integer({ minimum: 0, default: 10_000, description: 'open WebSockets before new handshakes get 503; 0 = no limit' })
   }, { additionalProperties: false, default: {} }),
   redis: Type.Object({
     url: Type.String({ pattern: '^(redis|rediss|redis\\+sentinel|redis\\+cluster)://', default: 'redis://127.0.0.1:6379', description: 'must be a redis://, rediss://, redis+sentinel:// or redis+cluster:// URL' }),
@@ -118,7 +123,11 @@ export const ConfigSchema = Type.Object({
       compareWithLegacy: Type.Boolean({ default: false }),
       legacyMargin: Type.Number({ minimum: 0, maximum: 1, default: 0.02 }),
       evaluateIntervalMs: Millis(1_000, 100),
-      unhealthyPoolMs: Millis(10_000, 0)
+      unhealthyPoolMs: Millis(10_000, 0),
+      minUsers: Type.Integer({ minimum: 1, default: 10 }),
+      stuckMs: Millis(5_000, 100),
+      latencyRatio: Type.Number({ minimum: 0, default: 0, description: 'migrated p99 above legacy p99 times this trips L1; 0 = off' }),
+      latencyMinRequests: Type.Integer({ minimum: 1, default: 100 })
     }),
     l2: Type.Object({
       enabled: Type.Boolean({ default: true }),

@@ -11,7 +11,10 @@ export const ERROR_CODES = [
   'DBSHIFT_ERR_URI_TOO_LONG',
   'DBSHIFT_ERR_UPSTREAM_UNAVAILABLE',
   'DBSHIFT_ERR_UPSTREAM_TIMEOUT',
+  'DBSHIFT_ERR_UPSTREAM_BUSY',
   'DBSHIFT_ERR_OVERLOADED',
+  'DBSHIFT_ERR_TOO_MANY_UPGRADED',
+  'DBSHIFT_ERR_SHUTTING_DOWN',
   'DBSHIFT_ERR_FEATURE_PAUSED',
   'DBSHIFT_ERR_UNAUTHORIZED',
   'DBSHIFT_ERR_ADMIN_DISABLED',
@@ -46,8 +49,20 @@ export const UpstreamUnavailableError = createError<'DBSHIFT_ERR_UPSTREAM_UNAVAI
 export const UpstreamTimeoutError = createError<'DBSHIFT_ERR_UPSTREAM_TIMEOUT', 504, [string, Cause?]>(
   'DBSHIFT_ERR_UPSTREAM_TIMEOUT', 'the %s pool did not answer in time', 504)
 
+/** No connection to the chosen pool became free within upstream.queueTimeoutMs. */
+export const UpstreamBusyError = createError<'DBSHIFT_ERR_UPSTREAM_BUSY', 503, [string, Cause?]>(
+  'DBSHIFT_ERR_UPSTREAM_BUSY', 'no connection to the %s pool became free in time', 503)
+
 /** Too many requests in flight: shed rather than fall over. */
 export const OverloadedError = createError<'DBSHIFT_ERR_OVERLOADED', 503, [Cause?]>('DBSHIFT_ERR_OVERLOADED', 'too many requests in flight', 503)
+
+/** More than server.maxUpgraded WebSockets are open: a new handshake is refused rather than held. */
+export const TooManyUpgradedError = createError<'DBSHIFT_ERR_TOO_MANY_UPGRADED', 503, [number, Cause?]>(
+  'DBSHIFT_ERR_TOO_MANY_UPGRADED', 'too many open WebSockets (server.maxUpgraded = %d)', 503)
+
+/** A WebSocket handshake reached an instance that is draining before it exits: connect again (elsewhere). */
+export const ShuttingDownError = createError<'DBSHIFT_ERR_SHUTTING_DOWN', 503, [Cause?]>(
+  'DBSHIFT_ERR_SHUTTING_DOWN', 'this instance is shutting down; connect again', 503)
 
 /** L2 guard: a new-feature route is paused while the primary database is overloaded. */
 export const FeaturePausedError = createError<'DBSHIFT_ERR_FEATURE_PAUSED', 503, [Cause?]>(

@@ -5,12 +5,22 @@ import { VERSIONS, type Version } from './routing/decide.ts'
 export const UPSTREAM_ERROR_REASONS = ['refused', 'reset', 'timeout', 'dns', 'tls', 'protocol', 'other'] as const
 export type UpstreamErrorReason = typeof UPSTREAM_ERROR_REASONS[number]
 
+/** Why dbshift answered a request itself: the `reason` label of dbshift_refused_total. */
+export const REFUSED_REASONS = [
+  'overloaded', 'bad_request', 'uri_too_long', 'headers_too_large', 'request_timeout', 'fenced', 'paused',
+  'asterisk', 'local_error', 'queue_timeout', 'shutting_down'
+] as const
+export type RefusedReason = typeof REFUSED_REASONS[number]
+
 export const GUARD_LEVELS = ['L1', 'L2', 'L3', 'manual'] as const
 export type GuardLevel = typeof GUARD_LEVELS[number]
 
 /** The background work of an instance: the `task` label of dbshift_background_errors_total. */
 export const BACKGROUND_TASKS = ['rollout_poll', 'heartbeat', 'l1_evaluation', 'signal_poll', 'l2_prometheus', 'schedule', 'notify'] as const
 export type BackgroundTask = typeof BACKGROUND_TASKS[number]
+/** What a long-lived connection is: the `kind` label of dbshift_open_connections. */
+export const CONNECTION_KINDS = ['websocket', 'stream'] as const
+export type ConnectionKind = typeof CONNECTION_KINDS[number]
 
 export const SHADOW_RESULTS = ['match', 'mismatch', 'error', 'skipped'] as const
 export type ShadowResult = typeof SHADOW_RESULTS[number]
@@ -63,12 +73,17 @@ export class Metrics {
   readonly upstreamHealthy: Gauge<'version' | 'member'>
   readonly configReloadFailures: Counter
   readonly backgroundErrors: Counter<'task'>
+  readonly openConnections: Gauge<'version' | 'kind'>
+  readonly connectionsMoved: Counter<'version'>
+  readonly refused: Counter<'reason'>
 
   /**
    * Requests are counted here and handed to prom-client when it collects (at each scrape): a request costs a
    * few array increments instead of two label lookups.
    */
   readonly #pending: Record<Version, PendingRequests> = { legacy: new PendingRequests(), migrated: new PendingRequests() }
+  /** The children of dbshift_refused_total, looked up once: shedding under load costs no label lookup. */
+  readonly #refusedBy = {} as Record<RefusedReason, { inc: () => void }>
 
   constructor (registry: Registry, options: { defaultMetrics?: boolean } = {}) {
     const registers = [registry]
@@ -99,6 +114,10 @@ export class Metrics {
     this.l2Paused = new Gauge({ name: 'dbshift_l2_paused', help: '1 while the L2 guard pauses the new-feature routes and freezes the ramp, else 0.', registers, aggregator: 'max' })
     this.backgroundErrors = new Counter({ name: 'dbshift_background_errors_total', help: 'Failed runs of background work (polls, heartbeats, guard evaluations, the schedule runner, notifications), by task.', labelNames: ['task'], registers })
     this.guardDryRuns = new Counter({ name: 'dbshift_guard_dry_run_trips_total', help: 'Trips a guard in dry-run mode would have made (logged, not acted on), by level.', labelNames: ['level'], registers })
+    this.refused = new Counter({ name: 'dbshift_refused_total', help: 'Requests dbshift answered itself without an upstream (shed, malformed, too large, paused, ...), by reason.', labelNames: ['reason'], registers })
+
+    this.openConnections = new Gauge({ name: 'dbshift_open_connections', help: 'Open long-lived connections (upgraded WebSockets, event streams), by version and kind.', labelNames: ['version', 'kind'], registers, aggregator: 'sum' })
+    this.connectionsMoved = new Counter({ name: 'dbshift_connections_moved_total', help: 'Long-lived connections closed because their user now gets the other version, by the version they were on.', labelNames: ['version'], registers })
 
     this.upstreamHealthy = new Gauge({ name: 'dbshift_upstream_healthy', help: '1 while a pool member takes new requests (its health checks pass and it is not ejected), else 0; member as configured.', labelNames: ['version', 'member'], registers, aggregator: 'min' })
     this.configReloadFailures = new Counter({ name: 'dbshift_config_reload_failures_total', help: 'Reloads (SIGHUP, POST /reload) refused because the new configuration was invalid; the running one was kept.', registers })
@@ -107,11 +126,18 @@ export class Metrics {
     for (const version of VERSIONS) {
       for (const reason of UPSTREAM_ERROR_REASONS) this.upstreamErrors.labels(version, reason).inc(0)
       this.duration.zero({ version })
+      for (const kind of CONNECTION_KINDS) this.openConnections.labels(version, kind).set(0)
+      this.connectionsMoved.labels(version).inc(0)
     }
     for (const level of GUARD_LEVELS) this.guardTrips.labels(level).inc(0)
     for (const level of GUARD_LEVELS) if (level !== 'manual') this.guardDryRuns.labels(level).inc(0)
     for (const result of SHADOW_RESULTS) this.shadow.labels(result).inc(0)
     for (const task of BACKGROUND_TASKS) this.backgroundErrors.labels(task).inc(0)
+    for (const reason of REFUSED_REASONS) {
+      const child = this.refused.labels(reason)
+      child.inc(0)
+      this.#refusedBy[reason] = child
+    }
     this.rolloutPercent.set(0)
     this.rolledBack.set(0)
     this.redisUp.set(0)
@@ -133,6 +159,11 @@ export class Metrics {
     pending.byBucket[i]++
     pending.sum += seconds
     pending.count++
+  }
+
+  /** Counts one request dbshift answered itself. */
+  recordRefused (reason: RefusedReason): void {
+    this.#refusedBy[reason].inc()
   }
 
   #flushRequests (): void {

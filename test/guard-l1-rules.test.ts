@@ -12,7 +12,7 @@ const defaults = resolveConfig({ pools: { legacy: ['http://127.0.0.1:1'], migrat
 function totals (fast: [number, number, number?, number?], long: [number, number, number?, number?]): FleetTotals {
   const side = ([requests, errors, legacyRequests = 0, legacyErrors = 0]: [number, number, number?, number?]): FleetTotals['fast'] =>
     ({ migrated: { requests, errors }, legacy: { requests: legacyRequests, errors: legacyErrors } })
-  return { fast: side(fast), long: side(long) }
+  return { fast: side(fast), long: side(long), failingUsers: { fast: 1_000, long: 1_000 } }
 }
 
 test('L1 defaults follow SPEC: > 5% over 5 min with 100 requests, ≥ 50% over 10 s with 20', () => {
@@ -50,6 +50,41 @@ test('L1 comparison mode: an outage both versions share does not trip; migrated 
   assert.equal(worse.trip, true)
   assert.match(worse.reason, /legacy 2%/)
   assert.equal(judge(totals([40, 40], [40, 40]), rules).trip, true, 'no legacy traffic to compare with: the absolute rule decides')
+})
+
+test('L1 needs guards.l1.minUsers distinct failing users in the window that trips', () => {
+  assert.equal(defaults.minUsers, 10)
+  const hard = totals([40, 40], [200, 200])
+  assert.equal(judge({ ...hard, failingUsers: { fast: 1, long: 1 } }, defaults).trip, false, 'one user failing 200 times')
+  assert.match(judge({ ...hard, failingUsers: { fast: 9, long: 9 } }, defaults).reason, /9 distinct users of the 10 needed/)
+  const enough = judge({ ...hard, failingUsers: { fast: 10, long: 3 } }, defaults)
+  assert.equal(enough.trip, true)
+  assert.equal(enough.window, 'fast')
+  assert.equal(judge({ ...hard, failingUsers: { fast: 3, long: 10 } }, defaults).window, 'long')
+})
+
+test('fleet counts: failing users are shared as HyperLogLogs, a user failing on two instances counted once', async (t) => {
+  const redis = await startRedis(t)
+  const keys = new RolloutKeys('dbshift', 'users')
+  const options = { fastMs: 10_000, longMs: 300_000, localSlotMs: 1_000, versions: ['migrated'] as const }
+  const a = new FleetCounts(redis.client, keys, options)
+  const b = new FleetCounts(redis.client, keys, options)
+  const now = 1_700_000_000_000
+  const windowA = new TrafficWindow({ now: () => now })
+  const windowB = new TrafficWindow({ now: () => now })
+  for (let i = 0; i < 100; i++) windowA.record('migrated', true, 'mallory')
+  for (let i = 0; i < 12; i++) windowB.record('migrated', true, i < 6 ? 'mallory' : `user-${i}`)
+  windowB.record('migrated', false, 'not-an-error')
+  assert.equal(windowA.failingUsers('migrated', 10_000), 1)
+  a.add(windowA.drain(), 1_000, now)
+  b.add(windowB.drain(), 1_000, now)
+  await a.exchange(now, 0)
+  const both = await b.exchange(now, 0)
+  assert.deepEqual(both.fast.migrated, { requests: 113, errors: 112 })
+  assert.deepEqual(both.failingUsers, { fast: 7, long: 7 }, 'mallory on both instances, and six others')
+  const stored = await redis.client.keys('dbshift:{users}:traffic:*')
+  assert.ok(stored.some((key) => key.endsWith(':users')), 'a HyperLogLog per slot')
+  assert.ok(stored.every((key) => !key.includes('mallory')), 'no user key in a key name')
 })
 
 test('fleet counts: instances add up in Redis, slots slide out of the window, a resume starts afresh', async (t) => {

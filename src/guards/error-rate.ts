@@ -37,15 +37,21 @@ export function judge (totals: FleetTotals, rules: ErrorRateRules): Verdict {
       notes.push(`${what} within ${percent(window.limit)}`)
       continue
     }
+    // One client repeating one key (or a few) cannot roll the fleet back: the failures must come from many users.
+    const users = totals.failingUsers[window.name]
+    if (users < rules.minUsers) {
+      notes.push(`${what}, but from ${users} distinct users of the ${rules.minUsers} needed`)
+      continue
+    }
     if (rules.compareWithLegacy && legacy.requests > 0) {
       const legacyRate = ratio(legacy.errors, legacy.requests)
       if (rate - legacyRate <= rules.legacyMargin) {
         notes.push(`${what}, but legacy fails too (${percent(legacyRate)}, margin ${percent(rules.legacyMargin)})`)
         continue
       }
-      return { trip: true, window: window.name, reason: `${what} ${window.atLimit ? '≥' : '>'} ${percent(window.limit)}, legacy ${percent(legacyRate)}` }
+      return { trip: true, window: window.name, reason: `${what} ${window.atLimit ? '≥' : '>'} ${percent(window.limit)} from ${users} users, legacy ${percent(legacyRate)}` }
     }
-    return { trip: true, window: window.name, reason: `${what} ${window.atLimit ? '≥' : '>'} ${percent(window.limit)}` }
+    return { trip: true, window: window.name, reason: `${what} ${window.atLimit ? '≥' : '>'} ${percent(window.limit)} from ${users} users` }
   }
   return { trip: false, reason: notes.join('; ') }
 }
@@ -60,4 +66,31 @@ function percent (value: number): string {
 
 function seconds (ms: number): string {
   return ms >= 60_000 && ms % 60_000 === 0 ? `${ms / 60_000} min` : `${ms / 1000} s`
+}
+
+/** One version's latency quantile over the window, from the local traffic window. */
+export interface Quantile {
+  seconds: number
+  count: number
+}
+
+/**
+ * The optional latency rule (off while `latencyRatio` is 0): migrated's p99 above legacy's times the ratio over
+ * the long window, each with at least `latencyMinRequests` answers. Pure. Quantiles are bucket bounds, so the
+ * ratio compares buckets (1, 2, 5 steps): coarse on purpose, it is meant for a pool that got many times slower.
+ */
+export function judgeLatency (migrated: Quantile, legacy: Quantile, rules: ErrorRateRules): Verdict {
+  if (rules.latencyRatio <= 0) return { trip: false, reason: 'latency rule off' }
+  if (migrated.count < rules.latencyMinRequests || legacy.count < rules.latencyMinRequests) {
+    return { trip: false, reason: `latency: ${Math.min(migrated.count, legacy.count)} of the ${rules.latencyMinRequests} answers per version needed` }
+  }
+  const what = `migrated p99 ${ms(migrated.seconds)} against legacy p99 ${ms(legacy.seconds)} over ${seconds(rules.windowMs)}`
+  if (migrated.seconds > legacy.seconds * rules.latencyRatio) {
+    return { trip: true, window: 'long', reason: `${what} > ${rules.latencyRatio}×` }
+  }
+  return { trip: false, reason: `${what} within ${rules.latencyRatio}×` }
+}
+
+function ms (value: number): string {
+  return Number.isFinite(value) ? `${Math.round(value * 1000)} ms` : 'over 30 s'
 }

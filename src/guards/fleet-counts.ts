@@ -2,11 +2,14 @@ import { createHash } from 'node:crypto'
 import type { Version } from '../routing/decide.ts'
 import type { RedisClient } from '../rollout/redis.ts'
 import type { RolloutKeys } from '../rollout/keys.ts'
-import type { Counts, SlotCounts } from '../traffic/window.ts'
+import { MAX_USERS_PER_SLOT, type Counts, type SlotCounts } from '../traffic/window.ts'
 
 /** The two windows the L1 guard judges, each over the whole fleet. */
 export type WindowName = 'fast' | 'long'
-export type FleetTotals = Record<WindowName, Record<Version, Counts>>
+export interface FleetTotals extends Record<WindowName, Record<Version, Counts>> {
+  /** Distinct users (hashed user keys, or addresses of anonymous clients) among migrated's errors, per window. */
+  failingUsers: Record<WindowName, number>
+}
 
 /** One window's slots in Redis: a slot is `widthMs` wide, `slots` of them cover the window. */
 interface Resolution {
@@ -20,24 +23,54 @@ interface Pending extends Counts {
   version: Version
   window: WindowName
   index: number
+  users: Set<string>
 }
 
-// Adds this instance's counts to the slot keys ("<requests> <errors>", expiring), then reads the window's keys:
-// one round trip, and one MGET however long the window.
+// Adds this instance's counts to the slot keys ("<requests> <errors>", expiring) and its failing users' hashes to
+// the slot's HyperLogLog, then reads each group of slots back: MGET of the counts and PFCOUNT of the users (the
+// union, so a user failing on several instances or in several slots counts once). One round trip.
+// KEYS: per write, the counts key and the users key; then per group, the same pairs.
+// ARGV: writes, then per write: requests, errors, ttl, n, n hashes; then groups, then per group its slot count.
 const EXCHANGE = `
 local writes = tonumber(ARGV[1])
+local at = 2
 for i = 1, writes do
-  local old = redis.call('GET', KEYS[i])
+  local key = KEYS[i * 2 - 1]
+  local old = redis.call('GET', key)
   local r, e = 0, 0
   if old then
     local a, b = string.match(old, '^(%d+) (%d+)$')
     r, e = tonumber(a) or 0, tonumber(b) or 0
   end
-  local at = 2 + (i - 1) * 3
-  redis.call('SET', KEYS[i], string.format('%d %d', r + tonumber(ARGV[at]), e + tonumber(ARGV[at + 1])), 'EX', ARGV[at + 2])
+  local ttl = ARGV[at + 2]
+  redis.call('SET', key, string.format('%d %d', r + tonumber(ARGV[at]), e + tonumber(ARGV[at + 1])), 'EX', ttl)
+  local n = tonumber(ARGV[at + 3])
+  if n > 0 then
+    redis.call('PFADD', KEYS[i * 2], unpack(ARGV, at + 4, at + 3 + n))
+    redis.call('EXPIRE', KEYS[i * 2], ttl)
+  end
+  at = at + 4 + n
 end
-if #KEYS > writes then return redis.call('MGET', unpack(KEYS, writes + 1)) end
-return {}
+local out = {}
+local groups = tonumber(ARGV[at])
+local k = writes * 2
+for g = 1, groups do
+  local n = tonumber(ARGV[at + g])
+  local counts, users = {}, {}
+  for j = 1, n do
+    counts[j] = KEYS[k + j * 2 - 1]
+    users[j] = KEYS[k + j * 2]
+  end
+  k = k + n * 2
+  if n > 0 then
+    out[#out + 1] = redis.call('MGET', unpack(counts))
+    out[#out + 1] = redis.call('PFCOUNT', unpack(users))
+  else
+    out[#out + 1] = {}
+    out[#out + 1] = 0
+  end
+end
+return out
 `
 const EXCHANGE_SHA = createHash('sha1').update(EXCHANGE).digest('hex')
 
@@ -88,9 +121,10 @@ export class FleetCounts {
         if (window === 'long' && this.#resolutions.long.widthMs === this.#resolutions.fast.widthMs) continue
         const index = Math.floor((counts.slot * slotMs) / this.#resolutions[window].widthMs)
         const id = `${window}|${counts.version}|${index}`
-        const entry = this.#pending.get(id) ?? { version: counts.version, window, index, requests: 0, errors: 0 }
+        const entry = this.#pending.get(id) ?? { version: counts.version, window, index, requests: 0, errors: 0, users: new Set<string>() }
         entry.requests += counts.requests
         entry.errors += counts.errors
+        for (const hash of counts.failingUsers) if (entry.users.size < MAX_USERS_PER_SLOT) entry.users.add(hash)
         this.#pending.set(id, entry)
       }
     }
@@ -108,31 +142,40 @@ export class FleetCounts {
     const args: Array<string | number> = [writes.length]
     for (const entry of writes) {
       const resolution = this.#resolutions[entry.window]
-      keys.push(this.#slotKey(entry.version, resolution, entry.index))
-      args.push(entry.requests, entry.errors, resolution.ttlSeconds)
+      const key = this.#slotKey(entry.version, resolution, entry.index)
+      keys.push(key, `${key}:users`)
+      args.push(entry.requests, entry.errors, resolution.ttlSeconds, entry.users.size, ...entry.users)
     }
-    const reads: Array<{ window: WindowName, version: Version }> = []
+    const groups: Array<{ window: WindowName, version: Version }> = []
+    const sizes: number[] = []
     for (const window of ['fast', 'long'] as const) {
       const resolution = this.#resolutions[window]
       const current = Math.floor(now / resolution.widthMs)
       const first = Math.max(current - resolution.slots + 1, Math.ceil(since / resolution.widthMs))
       for (const version of this.#versions) {
+        groups.push({ window, version })
+        sizes.push(Math.max(0, current - first + 1))
         for (let index = first; index <= current; index++) {
-          keys.push(this.#slotKey(version, resolution, index))
-          reads.push({ window, version })
+          const key = this.#slotKey(version, resolution, index)
+          keys.push(key, `${key}:users`)
         }
       }
     }
-    const values = await this.#run(keys, args) as Array<string | null>
+    args.push(groups.length, ...sizes)
+    const reply = await this.#run(keys, args) as unknown[]
     for (const entry of writes) this.#pending.delete(`${entry.window}|${entry.version}|${entry.index}`)
-    const totals: FleetTotals = { fast: zero(), long: zero() }
-    values.forEach((value, i) => {
-      const read = reads[i]
-      if (value === null || read === undefined) return
-      const [requests, errors] = value.split(' ').map(Number)
-      const counts = totals[read.window][read.version]
-      counts.requests += Number.isFinite(requests) ? requests as number : 0
-      counts.errors += Number.isFinite(errors) ? errors as number : 0
+    const totals: FleetTotals = { fast: zero(), long: zero(), failingUsers: { fast: 0, long: 0 } }
+    groups.forEach(({ window, version }, g) => {
+      const values = reply[g * 2]
+      const users = Number(reply[g * 2 + 1])
+      const counts = totals[window][version]
+      for (const value of Array.isArray(values) ? values as unknown[] : []) {
+        if (typeof value !== 'string') continue
+        const [requests, errors] = value.split(' ').map(Number)
+        counts.requests += Number.isFinite(requests) ? requests as number : 0
+        counts.errors += Number.isFinite(errors) ? errors as number : 0
+      }
+      if (version === 'migrated' && Number.isFinite(users)) totals.failingUsers[window] = users
     })
     return totals
   }

@@ -1,7 +1,7 @@
 import { VERSIONS, type Version } from '../routing/decide.ts'
 import { isReady } from '../rollout/redis.ts'
 import type { RolloutSnapshot } from '../rollout/snapshot.ts'
-import { judge } from './error-rate.ts'
+import { judge, judgeLatency } from './error-rate.ts'
 import { FleetCounts, type FleetTotals } from './fleet-counts.ts'
 import type { GuardContext, GuardEmitter, L1Evaluation } from './events.ts'
 import { dryRunTrip, tripRollout } from './trip.ts'
@@ -80,7 +80,14 @@ export class ErrorRateGuard {
     if (!active) return undefined // the counts are shared; there is nothing to judge here
     const source = totals === undefined ? 'local' : 'fleet'
     totals ??= this.#localTotals(now)
-    const evaluation: L1Evaluation = { at: now, source, totals, verdict: judge(totals, this.#rules) }
+    let verdict = judge(totals, this.#rules)
+    if (!verdict.trip && this.#rules.latencyRatio > 0) {
+      // Latency is judged on this instance's own answers (any instance's trip is the fleet's).
+      const span = Math.min(this.#rules.windowMs, this.#armedAt === 0 ? Infinity : now - this.#armedAt)
+      const latency = judgeLatency(ctx.traffic.quantile('migrated', span, 0.99), ctx.traffic.quantile('legacy', span, 0.99), this.#rules)
+      verdict = latency.trip ? latency : { ...verdict, reason: `${verdict.reason}; ${latency.reason}` }
+    }
+    const evaluation: L1Evaluation = { at: now, source, totals, verdict }
     this.#last = evaluation
     this.#events.emit('evaluated', evaluation)
     if (!evaluation.verdict.trip) {
@@ -97,11 +104,17 @@ export class ErrorRateGuard {
   /** This instance's own counts, for when the fleet's cannot be read. */
   #localTotals (now: number): FleetTotals {
     const since = this.#armedAt === 0 ? Infinity : now - this.#armedAt
+    const traffic = this.#ctx.traffic
     const window = (ms: number): FleetTotals['fast'] => ({
-      legacy: this.#ctx.traffic.totals('legacy', Math.min(ms, since)),
-      migrated: this.#ctx.traffic.totals('migrated', Math.min(ms, since))
+      legacy: traffic.totals('legacy', Math.min(ms, since)),
+      migrated: traffic.totals('migrated', Math.min(ms, since))
     })
-    return { fast: window(this.#rules.fastWindowMs), long: window(this.#rules.windowMs) }
+    const users = (ms: number): number => traffic.failingUsers('migrated', Math.min(ms, since))
+    return {
+      fast: window(this.#rules.fastWindowMs),
+      long: window(this.#rules.windowMs),
+      failingUsers: { fast: users(this.#rules.fastWindowMs), long: users(this.#rules.windowMs) }
+    }
   }
 
   /** A resume re-arms the guard: what happened before it no longer counts. */

@@ -3,7 +3,7 @@ import createError from '@fastify/error'
 /** The last argument of every error: the low-level error it wraps. */
 type Cause = { cause?: unknown }
 
-/** Every error code dbshift can answer with or exit on. The README documents each one. */
+/** Every error code dbshift can answer with or exit on. docs/error-codes.md documents each one. */
 export const ERROR_CODES = [
   'DBSHIFT_ERR_CONFIG',
   'DBSHIFT_ERR_BAD_REQUEST',

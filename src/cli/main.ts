@@ -12,7 +12,7 @@ import { status } from './status.ts'
 import { watch } from './watch.ts'
 import { checkUser, which } from './which.ts'
 
-/** Exit statuses: documented in the README ("The dbshift command"). */
+/** Exit statuses: documented in docs/command-line.md ("Exit status"). */
 export const EXIT = { ok: 0, failed: 1, badInput: 2, refused: 3, unconfirmed: 4, noInstances: 5 } as const
 
 const EXIT_BY_CODE: Record<string, number> = {

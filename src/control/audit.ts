@@ -1,6 +1,6 @@
 /**
  * The audit vocabulary: every `action` an entry of the `audit` stream can carry, and who made it. The command
- * layer writes nothing else; the README's table of actions is tested against this list.
+ * layer writes nothing else; the table of actions in docs/redis-keys.md is tested against this list.
  */
 export const AUDIT_ACTIONS = [
   'set_percent',

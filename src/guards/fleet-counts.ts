@@ -103,7 +103,7 @@ export class FleetCounts {
     this.#resolutions = { fast: resolution(options.fastMs, FAST_SLOTS), long: resolution(options.longMs, LONG_SLOTS) }
   }
 
-  /** Slot widths, for /status and the README's cost figures. */
+  /** Slot widths, for /status and the cost figures in docs/performance.md. */
   get slotWidths (): Record<WindowName, number> {
     return { fast: this.#resolutions.fast.widthMs, long: this.#resolutions.long.widthMs }
   }

@@ -84,7 +84,7 @@ export class RolloutStore {
       const [err, result] = results?.[index] ?? [new Error('no reply'), null]
       if (err === null) return result
       if (/WRONGTYPE/.test(err.message)) {
-        invalid.push({ key, value: WRONG_TYPE, rule: 'see the README for each key\'s type' })
+        invalid.push({ key, value: WRONG_TYPE, rule: 'of the Redis type docs/redis-keys.md gives it' })
         return null
       }
       throw err

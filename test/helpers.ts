@@ -1,9 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { once } from 'node:events'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createNetServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import type { TestContext } from 'node:test'
 import { Redis } from 'ioredis'
@@ -14,6 +15,13 @@ import type { GuardEvents } from '../src/guards/index.ts'
 import type { RolloutSnapshot } from '../src/rollout/snapshot.ts'
 
 type Teardown = Pick<TestContext, 'after'>
+
+/** A directory of the test's own under the temp directory, removed with everything in it on teardown. */
+export function tempDir (t: Teardown, prefix = 'dbshift-test-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix))
+  t.after(() => { rmSync(dir, { recursive: true, force: true }) })
+  return dir
+}
 
 /**
  * A free TCP port on loopback, drawn at random below the kernel's ephemeral range (32768+). Ports handed out
@@ -54,9 +62,10 @@ const NO_REDIS = 'redis-server could not be started. Install Redis (Debian/Ubunt
 export async function startRedis (t: Teardown, args: string[] = []): Promise<TestRedis> {
   const port = await freePort()
   let child: ChildProcess | undefined
+  // A directory of its own, so that no stray dump.rdb is loaded and none is left behind (a replica writes one on sync).
+  const dir = mkdtempSync(join(tmpdir(), `dbshift-redis-${port}-`))
   const start = async (): Promise<void> => {
-    // A dump file of its own that never exists: redis-server would otherwise load a stray dump.rdb from its directory.
-    const dump = ['--dir', tmpdir(), '--dbfilename', `dbshift-test-${port}-${process.pid}.rdb`]
+    const dump = ['--dir', dir, '--dbfilename', 'dump.rdb']
     child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...dump, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
     const proc = child
     await new Promise<void>((resolve, reject) => {
@@ -78,13 +87,17 @@ export async function startRedis (t: Teardown, args: string[] = []): Promise<Tes
     proc.kill('SIGKILL')
     await exited
   }
-  await start()
+  await start().catch((err: unknown) => {
+    rmSync(dir, { recursive: true, force: true })
+    throw err
+  })
   const client = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 1, lazyConnect: true, retryStrategy: () => 100 })
   client.on('error', () => {})
   await client.connect()
   t.after(async () => {
     client.disconnect()
     await stop()
+    rmSync(dir, { recursive: true, force: true })
   })
   return { url: `redis://127.0.0.1:${port}`, port, client, stop, start }
 }

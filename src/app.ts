@@ -11,6 +11,7 @@ import { Router } from './routing/decide.ts'
 import { UserKeyReader } from './routing/user-key.ts'
 import { RolloutKeys } from './rollout/keys.ts'
 import { connectRedis, type RedisClient } from './rollout/redis.ts'
+import { redisHealth, type RedisHealth, type RedisState } from './rollout/redis-health.ts'
 import { RolloutStore } from './rollout/store.ts'
 import { RolloutSync } from './rollout/sync.ts'
 import { TrafficWindow } from './traffic/window.ts'
@@ -67,8 +68,9 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const redisOptions = { commandTimeoutMs: config.redis.commandTimeoutMs, connectionName: `dbshift:${instanceId}` }
   const redis = deps.redis ?? connectRedis(config.redis.url, redisOptions)
   const subscriber = deps.subscriber ?? connectRedis(config.redis.url, { ...redisOptions, subscriber: true })
-  watchRedis(redis, metrics, log)
+  const health = watchRedis(redis, metrics, log, now)
   subscriber.on('error', () => {}) // reported through the control connection; ioredis needs a listener
+  const subscriberHealth = redisHealth(subscriber, now) // guards its parser too
 
   const store = new RolloutStore(redis, keys, { initialPercent: config.rollout.initialPercent, now })
   const sync = new RolloutSync(store, redis, subscriber, {
@@ -191,6 +193,8 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
         stopDryRunHold()
         await sync.close()
         await closePools(pools)
+        health.close()
+        subscriberHealth.close()
         if (ownsRedis) {
           redis.disconnect()
           subscriber.disconnect()
@@ -217,23 +221,34 @@ function proxyServer (config: Config, handler: Parameters<typeof createServer>[1
   return server
 }
 
-/** Keeps dbshift_redis_up true to the connection, and logs each loss of Redis once, not per retry. */
-function watchRedis (redis: RedisClient, metrics: Metrics, log: Logger): void {
-  let up = false
-  redis.on('ready', () => {
-    if (!up) log.info('connected to Redis')
-    up = true
-    metrics.redisUp.set(1)
-  })
-  redis.on('close', () => {
-    if (up) log.warn('lost the connection to Redis; routing on the last valid state and reconnecting')
-    up = false
-    metrics.redisUp.set(0)
-  })
+/**
+ * Keeps dbshift_redis_up true to what Redis lets this instance do (1 only while its commands are accepted), and logs
+ * each change of state once, not per retry: connected, refusing (and why), lost, or unreachable from the start.
+ */
+function watchRedis (redis: RedisClient, metrics: Metrics, log: Logger, now: () => number): RedisHealth {
+  const health = redisHealth(redis, now)
+  let everConnected = false
+  const report = (state: RedisState, reason: string | null, previous: RedisState): void => {
+    metrics.redisUp.set(state === 'connected' ? 1 : 0)
+    if (state === 'connected') {
+      log.info(previous === 'refusing' ? 'Redis accepts commands again' : 'connected to Redis')
+      everConnected = true
+    } else if (state === 'refusing') {
+      log.error({ reason }, `Redis refuses commands: ${reason ?? ''}; routing on the last valid state, and what must be written is retried until Redis takes it`)
+    } else if (everConnected || previous === 'refusing') {
+      log.warn({ reason }, 'lost the connection to Redis; routing on the last valid state and reconnecting')
+    } else {
+      log.warn({ reason }, 'Redis is unreachable; routing on the last valid state (or the initial one) and retrying in the background')
+    }
+  }
+  health.on('change', report)
+  // A client that was never connected is reported as unreachable at its first error (not before: it may connect at once).
   let warnedAtStart = false
-  redis.on('error', (err: Error) => {
-    if (up) log.warn({ err }, 'Redis error')
-    else if (!warnedAtStart) log.warn({ err }, 'Redis is unreachable; routing on the last valid state (or the initial one) and retrying in the background')
+  redis.on('error', () => {
+    if (warnedAtStart || everConnected || health.state !== 'disconnected') return
     warnedAtStart = true
+    report('disconnected', health.reason, 'disconnected')
   })
+  if (health.state === 'connected') report('connected', null, 'disconnected')
+  return health
 }

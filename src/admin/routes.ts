@@ -6,6 +6,7 @@ import type { Metrics } from '../metrics.ts'
 import { VERSIONS, type Router } from '../routing/decide.ts'
 import { fromByteString, toByteString, MAX_KEY_BYTES } from '../routing/user-key.ts'
 import { isReady, type RedisClient } from '../rollout/redis.ts'
+import { redisHealth } from '../rollout/redis-health.ts'
 import type { Actor, RolloutStore } from '../rollout/store.ts'
 import type { RolloutSync } from '../rollout/sync.ts'
 import type { TrafficWindow } from '../traffic/window.ts'
@@ -63,7 +64,7 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
   app.get('/healthz', async () => ({ status: 'ok' }))
 
   // Ready while the proxy can route: Redis is reported, not required (routing goes on with the last valid state).
-  app.get('/readyz', async () => ({ status: 'ready', redis: isReady(redis) ? 'connected' : 'disconnected', lastSyncAt: iso(sync.lastSyncAt) }))
+  app.get('/readyz', async () => ({ status: 'ready', redis: redisHealth(redis).state, lastSyncAt: iso(sync.lastSyncAt) }))
 
   app.get('/metrics', async (_request, reply) => {
     reply.header('content-type', registry.contentType)
@@ -85,7 +86,7 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
       allow: current.allow.size,
       deny: current.deny.size,
       strategy: config.rollout.strategy,
-      redis: { connected: isReady(redis), lastSyncAt: iso(sync.lastSyncAt), rollbackPending: sync.rollbackPending },
+      redis: { connected: isReady(redis), state: redisHealth(redis).state, reason: redisHealth(redis).reason, lastSyncAt: iso(sync.lastSyncAt), rollbackPending: sync.rollbackPending },
       traffic: { windowSeconds: STATUS_WINDOW_MS / 1000, ...perVersion },
       guards: { config: config.guards, ...options.guards.status() }
     }

@@ -1,4 +1,5 @@
 import { isReady } from '../rollout/redis.ts'
+import { redisHealth, type RedisState } from '../rollout/redis-health.ts'
 import type { Trip } from '../rollout/store.ts'
 import type { GuardContext, GuardEmitter } from './index.ts'
 
@@ -30,7 +31,7 @@ export async function tripRollout (ctx: GuardContext, events: GuardEmitter, leve
     ctx.log.info({ guard: level, trip: recorded }, `the rollout was already rolled back (${recorded?.level ?? '?'} by ${recorded?.by ?? '?'}); nothing more to do`)
   } else {
     ctx.metrics.guardTrips.labels(level).inc()
-    if (outcome === 'pending') ctx.log.warn({ guard: level }, 'Redis is unreachable: the rollback is in force on this instance and will be written to Redis when it returns')
+    if (outcome === 'pending') ctx.log.warn({ guard: level, redis: redisHealth(ctx.redis).state, reason: redisHealth(ctx.redis).reason }, pendingMessage(redisHealth(ctx.redis).state))
   }
   events.emit('trip', trip, outcome)
   return { trip, outcome }
@@ -41,4 +42,10 @@ export function dryRunTrip (ctx: GuardContext, events: GuardEmitter, level: 'L1'
   ctx.metrics.guardDryRuns.labels(level).inc()
   ctx.log.warn({ guard: level, dryRun: true, reason, ...detail }, `${level} guard would have tripped (dry run): ${reason}`)
   events.emit('dryRun', level, reason)
+}
+
+function pendingMessage (state: RedisState): string {
+  return state === 'disconnected'
+    ? 'Redis is unreachable: the rollback is in force on this instance and will be written to Redis when it returns'
+    : 'Redis did not take the rollback (see the reason): it is in force on this instance and retried until Redis takes it'
 }

@@ -67,3 +67,11 @@ function hosts (authority: string, defaultPort: number): Array<{ host: string, p
 export function isReady (client: RedisClient): boolean {
   return client.status === 'ready'
 }
+
+/**
+ * The Redis ACL command rules dbshift (proxy and CLI) needs, on keys and channels `<prefix>:*` (`~dbshift:*`,
+ * `&dbshift:*`). Reads, writes of its own keys, Lua scripts, pub/sub, transactions and the connection's own
+ * commands; INFO for the client's ready check, CLUSTER SLOTS for Redis Cluster. Nothing @dangerous (FLUSHALL, KEYS,
+ * CONFIG, DEBUG, …). As a command: `ACL SETUSER dbshift on >… ~dbshift:* &dbshift:* <these rules>`.
+ */
+export const REDIS_ACL_RULES: readonly string[] = ['+@read', '+@write', '+@scripting', '+@pubsub', '+@transaction', '+@connection', '-@dangerous', '+info', '+cluster|slots']

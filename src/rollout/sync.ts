@@ -150,9 +150,12 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
     if (this.#closed || !isReady(this.#redis)) throw new Error('Redis is not connected')
     const pending = this.#pendingRollback
     if (pending !== undefined) {
-      await this.#store.rollback(pending.trip, pending.actor)
-      if (this.#pendingRollback === pending) this.#pendingRollback = undefined
-      this.emit('persisted', pending.trip)
+      // A Redis that refuses the write (ACL, full memory) is still read: the rollback stays pending and in force.
+      const written = await this.#store.rollback(pending.trip, pending.actor).then(() => true, () => false)
+      if (written) {
+        if (this.#pendingRollback === pending) this.#pendingRollback = undefined
+        this.emit('persisted', pending.trip)
+      }
     }
     const { record, invalid, dial, raw } = await this.#store.read()
     this.#lastSyncAt = this.#now()

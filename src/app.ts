@@ -6,6 +6,7 @@ import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { parseHostPort, type Config } from './config.ts'
 import { BadRequestError } from './errors.ts'
+import { hostCheck } from './admin/hosts.ts'
 import { Metrics } from './metrics.ts'
 import { Router } from './routing/decide.ts'
 import { UserKeyReader } from './routing/user-key.ts'
@@ -148,6 +149,10 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   // multipleOf is checked with a tolerance so that 33.33 is a multiple of 0.01 despite binary floating point.
   const adminAjv = { customOptions: { removeAdditional: false, coerceTypes: false, multipleOfPrecision: 6 } } as const
   const admin = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 16_384, ajv: adminAjv })
+  const checkHost = hostCheck(parseHostPort(config.adminListen).host, config.admin.allowedHosts)
+  admin.addHook('onRequest', async (request, reply) => {
+    try { checkHost(request.headers.host) } catch (err) { return await reply.code(403).send({ error: (err as { code: string }).code, message: (err as Error).message }) }
+  })
   await admin.register(adminRoutes, { config, instanceId, sync, store, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, now })
 
   let closing: Promise<void> | undefined
@@ -243,12 +248,19 @@ function watchRedis (redis: RedisClient, metrics: Metrics, log: Logger, now: () 
   }
   health.on('change', report)
   // A client that was never connected is reported as unreachable at its first error (not before: it may connect at once).
+  // Each different error is logged once (a refused login, a refused connection), not on every retry.
   let warnedAtStart = false
-  redis.on('error', () => {
-    if (warnedAtStart || everConnected || health.state !== 'disconnected') return
-    warnedAtStart = true
-    report('disconnected', health.reason, 'disconnected')
+  let lastError = ''
+  redis.on('error', (err: Error) => {
+    if (!warnedAtStart && !everConnected && health.state === 'disconnected') {
+      warnedAtStart = true
+      report('disconnected', health.reason, 'disconnected')
+    }
+    if (err.message === lastError) return
+    lastError = err.message
+    log.warn({ err }, `Redis error: ${err.message}`)
   })
+  redis.on('ready', () => { lastError = '' })
   if (health.state === 'connected') report('connected', null, 'disconnected')
   return health
 }

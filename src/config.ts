@@ -65,7 +65,8 @@ export const ConfigSchema = Type.Object({
   }, { additionalProperties: false, default: {} }),
   admin: Type.Object({
     token: Type.Optional(Type.String({ minLength: 16, description: 'must be at least 16 characters' })),
-    tokenName: Type.String({ minLength: 1, maxLength: 64, default: 'admin' })
+    tokenName: Type.String({ minLength: 1, maxLength: 64, default: 'admin' }),
+    allowedHosts: Type.Array(Type.String({ pattern: '^\\.?[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*\\.?$', description: 'must be a host name, or .domain for every name under it' }), { default: [] })
   }, { additionalProperties: false, default: {} }),
   log: Type.Object({
     level: Enum(LEVELS, 'info'),
@@ -157,9 +158,15 @@ export function resolveConfig (file: unknown, env: NodeJS.ProcessEnv = {}): Conf
   return config
 }
 
+/** The config file a process reads: DBSHIFT_CONFIG, or the default path. */
+export function configPath (env: NodeJS.ProcessEnv = process.env): string {
+  return env.DBSHIFT_CONFIG ?? DEFAULT_CONFIG_PATH
+}
+
 /** Reads, parses and validates the config file named by DBSHIFT_CONFIG (or the default path). */
+
 export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
-  const path = env.DBSHIFT_CONFIG ?? DEFAULT_CONFIG_PATH
+  const path = configPath(env)
   let text: string
   try {
     text = readFileSync(path, 'utf8')

@@ -18,7 +18,8 @@ export const ERROR_CODES = [
   'DBSHIFT_ERR_RAMP_FROZEN',
   'DBSHIFT_ERR_INVALID_VALUE',
   'DBSHIFT_ERR_CONFLICT',
-  'DBSHIFT_ERR_WORKERS_UNAVAILABLE'
+  'DBSHIFT_ERR_WORKERS_UNAVAILABLE',
+  'DBSHIFT_ERR_HOST_NOT_ALLOWED'
 ] as const
 
 export type ErrorCode = typeof ERROR_CODES[number]
@@ -68,3 +69,7 @@ export const ConflictError = createError<'DBSHIFT_ERR_CONFLICT', 409, [string, C
 /** With `workers` > 1: no worker could answer an admin request relayed by the primary. */
 export const WorkersUnavailableError = createError<'DBSHIFT_ERR_WORKERS_UNAVAILABLE', 503, [string, Cause?]>(
   'DBSHIFT_ERR_WORKERS_UNAVAILABLE', 'no worker could answer: %s', 503)
+
+/** A request to the admin port under a name that is not one of its own (DNS rebinding). */
+export const HostNotAllowedError = createError<'DBSHIFT_ERR_HOST_NOT_ALLOWED', 403, [string, Cause?]>(
+  'DBSHIFT_ERR_HOST_NOT_ALLOWED', 'the Host header %s is not a name of this admin port; add it to admin.allowedHosts', 403)

@@ -8,9 +8,10 @@ import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import type { TestContext } from 'node:test'
 import { Redis } from 'ioredis'
-import { pino, type Logger } from 'pino'
+import type { Logger } from 'pino'
 import { buildApp, type App } from '../src/app.ts'
 import { resolveConfig, type Config } from '../src/config.ts'
+import { createLogger } from '../src/log.ts'
 import type { GuardEvents } from '../src/guards/index.ts'
 import type { RolloutSnapshot } from '../src/rollout/snapshot.ts'
 
@@ -134,7 +135,7 @@ export async function startUpstream (t: Teardown, name: string, handler?: Handle
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server, requests, close }
 }
 
-/** A logger whose JSON lines the test can read back. */
+/** A logger set up as dbshift's own (the same serializers), whose JSON lines the test can read back. */
 export function captureLogs (level = 'debug'): { log: Logger, lines: Array<Record<string, unknown>> } {
   const lines: Array<Record<string, unknown>> = []
   const sink = new Writable({
@@ -143,7 +144,7 @@ export function captureLogs (level = 'debug'): { log: Logger, lines: Array<Recor
       callback()
     }
   })
-  return { log: pino({ level }, sink), lines }
+  return { log: createLogger(level, sink), lines }
 }
 
 export interface TestProxy {
@@ -209,6 +210,8 @@ export interface ProxyProcess {
   child: ChildProcess
   /** Log lines the process printed (JSON). */
   logs: Array<Record<string, unknown>>
+  /** Every line the process printed, on stdout and stderr, as printed. */
+  output: string[]
   /** Sends a signal and resolves with the exit code. */
   stop: (signal?: NodeJS.Signals) => Promise<number | null>
 }
@@ -220,11 +223,19 @@ export async function startProxyProcess (t: Teardown, env: NodeJS.ProcessEnv): P
     stdio: ['ignore', 'pipe', 'pipe']
   })
   const logs: Array<Record<string, unknown>> = []
+  const output: string[] = []
   const exited = once(child, 'exit').then(([code]) => code as number | null)
   const listening = new Promise<Record<string, unknown>>((resolve, reject) => {
     let buffered = ''
     let errors = ''
-    child.stderr.on('data', (chunk: Buffer) => { errors += chunk.toString() })
+    let errorLine = ''
+    child.stderr.on('data', (chunk: Buffer) => {
+      errors += chunk.toString()
+      errorLine += chunk.toString()
+      const lines = errorLine.split('\n')
+      errorLine = lines.pop() ?? ''
+      output.push(...lines)
+    })
     child.stdout.on('data', (chunk: Buffer) => {
       buffered += chunk.toString()
       let newline = buffered.indexOf('\n')
@@ -232,6 +243,7 @@ export async function startProxyProcess (t: Teardown, env: NodeJS.ProcessEnv): P
         const line = buffered.slice(0, newline)
         buffered = buffered.slice(newline + 1)
         newline = buffered.indexOf('\n')
+        output.push(line)
         try {
           const entry = JSON.parse(line) as Record<string, unknown>
           logs.push(entry)
@@ -248,7 +260,7 @@ export async function startProxyProcess (t: Teardown, env: NodeJS.ProcessEnv): P
   t.after(async () => { await stop('SIGKILL') })
   const ready = await listening
   const port = (address: unknown): string => String(address).slice(String(address).lastIndexOf(':') + 1)
-  return { url: `http://127.0.0.1:${port(ready.proxy)}`, adminUrl: `http://127.0.0.1:${port(ready.admin)}`, pid: child.pid as number, child, logs, stop }
+  return { url: `http://127.0.0.1:${port(ready.proxy)}`, adminUrl: `http://127.0.0.1:${port(ready.admin)}`, pid: child.pid as number, child, logs, output, stop }
 }
 
 /** The peak resident set size of a process so far (VmHWM), in bytes. Linux only. */

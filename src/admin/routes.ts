@@ -7,6 +7,7 @@ import { VERSIONS, type Router } from '../routing/decide.ts'
 import { fromByteString, toByteString, MAX_KEY_BYTES } from '../routing/user-key.ts'
 import { isReady, type RedisClient } from '../rollout/redis.ts'
 import { redisHealth } from '../rollout/redis-health.ts'
+import { redactUrls } from '../redact.ts'
 import type { Actor, RolloutStore } from '../rollout/store.ts'
 import type { RolloutSync } from '../rollout/sync.ts'
 import type { TrafficWindow } from '../traffic/window.ts'
@@ -88,7 +89,7 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
       strategy: config.rollout.strategy,
       redis: { connected: isReady(redis), state: redisHealth(redis).state, reason: redisHealth(redis).reason, lastSyncAt: iso(sync.lastSyncAt), rollbackPending: sync.rollbackPending },
       traffic: { windowSeconds: STATUS_WINDOW_MS / 1000, ...perVersion },
-      guards: { config: config.guards, ...options.guards.status() }
+      guards: { config: redactUrls(config.guards), ...options.guards.status() }
     }
   })
 

@@ -33,7 +33,12 @@ export interface AppDeps {
   redis?: RedisClient
   subscriber?: RedisClient
   now?: () => number
+  /** The address of a relay whose X-Forwarded-For names the caller of an admin request (the workers' primary). */
+  adminTrustProxy?: string
 }
+
+/** The largest admin request body, in bytes (the workers' primary enforces the same). */
+export const ADMIN_BODY_LIMIT = 16_384
 
 export interface App {
   config: Config
@@ -148,7 +153,13 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   // An unknown field or a value of the wrong type in an admin body is refused (400), never dropped or converted;
   // multipleOf is checked with a tolerance so that 33.33 is a multiple of 0.01 despite binary floating point.
   const adminAjv = { customOptions: { removeAdditional: false, coerceTypes: false, multipleOfPrecision: 6 } } as const
-  const admin = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 16_384, ajv: adminAjv })
+  const admin = Fastify({
+    loggerInstance: log as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: ADMIN_BODY_LIMIT,
+    ajv: adminAjv,
+    trustProxy: deps.adminTrustProxy ?? false
+  })
   const checkHost = hostCheck(parseHostPort(config.adminListen).host, config.admin.allowedHosts)
   admin.addHook('onRequest', async (request, reply) => {
     try { checkHost(request.headers.host) } catch (err) { return await reply.code(403).send({ error: (err as { code: string }).code, message: (err as Error).message }) }

@@ -4,9 +4,12 @@ import { createServer, request, type IncomingMessage, type ServerResponse } from
 import { createServer as createNetServer, type AddressInfo } from 'node:net'
 import { hostname } from 'node:os'
 import closeWithGrace from 'close-with-grace'
-import { pino, type Logger } from 'pino'
+import type { Logger } from 'pino'
 import { AggregatorRegistry, type PrometheusContentType } from 'prom-client'
-import type { App } from './app.ts'
+import { ADMIN_BODY_LIMIT, type App, type AppDeps } from './app.ts'
+import { bearerAuth } from './admin/auth.ts'
+import { hostCheck } from './admin/hosts.ts'
+import { createLogger, routeConsoleTo } from './log.ts'
 import { loadConfig, parseHostPort, type Config } from './config.ts'
 import { WorkersUnavailableError } from './errors.ts'
 
@@ -14,8 +17,10 @@ import { WorkersUnavailableError } from './errors.ts'
 const WORKER_ADMIN_ENV = 'DBSHIFT_WORKER_ADMIN_LISTEN'
 /** A worker that dies is started again after this pause, so a crash loop cannot spin the CPU. */
 const RESPAWN_DELAY_MS = 1_000
+/** How long a refused admin request's connection is still drained before it is closed. */
+const LINGER_MS = 5_000
 
-type Main = (overrides?: (config: Config) => void) => Promise<{ app: App }>
+type Main = (overrides?: (config: Config) => void, deps?: Partial<AppDeps>) => Promise<{ app: App }>
 
 /**
  * Runs dbshift in one process, or, with `workers` > 1, as a primary and that many workers sharing the proxy port
@@ -42,7 +47,7 @@ async function runWorker (main: Main): Promise<void> {
     const admin = process.env[WORKER_ADMIN_ENV]
     if (admin !== undefined) config.adminListen = admin
     config.instanceId = `${config.instanceId ?? hostname()}:${process.pid}`
-  })
+  }, { adminTrustProxy: '127.0.0.1' }) // the primary relays every admin request, naming the caller
   // Constructing one installs prom-client's answer to the primary's "send me your metrics" messages.
   new AggregatorRegistry() // eslint-disable-line no-new
   AggregatorRegistry.setRegistries([app.registry])
@@ -54,7 +59,8 @@ interface WorkerSlot {
 }
 
 async function runPrimary (config: Config): Promise<void> {
-  const log = pino({ level: config.log.level, name: 'dbshift' }).child({ role: 'primary' })
+  const log = createLogger(config.log.level).child({ role: 'primary' })
+  routeConsoleTo(log)
   const aggregator = new AggregatorRegistry<PrometheusContentType>()
   const slots: WorkerSlot[] = []
   let stopping = false
@@ -81,7 +87,11 @@ async function runPrimary (config: Config): Promise<void> {
     process.exit(1)
   }
 
-  const admin = createServer((req, res) => { adminRequest(req, res, slots, aggregator, log) })
+  const gate: AdminGate = {
+    checkHost: hostCheck(parseHostPort(config.adminListen).host, config.admin.allowedHosts),
+    authenticate: bearerAuth(config.admin.token, config.admin.tokenName) as unknown as AdminGate['authenticate']
+  }
+  const admin = createServer((req, res) => { adminRequest(req, res, slots, aggregator, gate, log) })
   const address = parseHostPort(config.adminListen)
   admin.listen(address.port, address.host)
   await once(admin, 'listening')
@@ -120,8 +130,25 @@ async function ready (worker: Worker): Promise<void> {
   })
 }
 
-/** One request to the primary's admin port. */
-function adminRequest (req: IncomingMessage, res: ServerResponse, slots: WorkerSlot[], aggregator: AggregatorRegistry<PrometheusContentType>, log: Logger): void {
+/** What the primary checks itself before it relays anything: the same rules as a worker's admin port. */
+interface AdminGate {
+  checkHost: (host: string | undefined) => void
+  authenticate: (request: { headers: IncomingMessage['headers'], ip: string }) => string
+}
+
+/**
+ * One request to the primary's admin port. A change is checked for its token before a byte of its body is read, and
+ * its body is read up to the admin body limit only (both as a worker would), so no caller can make the primary hold
+ * more than that. The caller's address goes to the worker in X-Forwarded-For (replacing any the caller sent), which
+ * the workers' admin ports believe from the primary alone, so the audit names the caller.
+ */
+function adminRequest (req: IncomingMessage, res: ServerResponse, slots: WorkerSlot[], aggregator: AggregatorRegistry<PrometheusContentType>, gate: AdminGate, log: Logger): void {
+  try {
+    gate.checkHost(req.headers.host)
+    if (req.method !== 'GET' && req.method !== 'HEAD') gate.authenticate({ headers: req.headers, ip: req.socket.remoteAddress ?? '' })
+  } catch (err) {
+    return refuse(req, res, err as RelayError)
+  }
   const live = slots.filter((slot) => slot.worker !== undefined && !slot.worker.isDead())
   if (req.method === 'GET' && req.url?.split('?')[0] === '/metrics') {
     aggregator.clusterMetrics().then((text) => {
@@ -134,18 +161,33 @@ function adminRequest (req: IncomingMessage, res: ServerResponse, slots: WorkerS
     return
   }
   if (live.length === 0) return sendError(res, new WorkersUnavailableError('none is running'))
+  const declared = Number(req.headers['content-length'] ?? 0)
+  if (declared > ADMIN_BODY_LIMIT) return refuse(req, res, bodyTooLarge())
   const isRollback = req.method === 'POST' && req.url?.split('?')[0] === '/rollback'
   const chunks: Buffer[] = []
-  req.on('data', (chunk: Buffer) => chunks.push(chunk))
+  let size = 0
+  let refused = false
+  req.on('data', (chunk: Buffer) => {
+    size += chunk.length
+    if (size > ADMIN_BODY_LIMIT) {
+      if (!refused) refuse(req, res, bodyTooLarge())
+      refused = true
+      chunks.length = 0
+      return
+    }
+    chunks.push(chunk)
+  })
   req.on('end', () => {
+    if (refused) return
     const body = Buffer.concat(chunks)
+    const caller = req.socket.remoteAddress ?? ''
     const answer = (async () => {
       const [first, ...others] = live as [WorkerSlot, ...WorkerSlot[]]
-      const reply = await relay(req, body, first.adminPort)
+      const reply = await relay(req, body, caller, first.adminPort)
       // A rollback that reached Redis reaches the other workers through it within milliseconds; one that did not
       // (Redis away) must still apply to every worker at once, so each is told directly.
       if (isRollback && reply.status < 300 && !persisted(reply.body)) {
-        await Promise.all(others.map(async (slot) => await relay(req, body, slot.adminPort).catch(() => undefined)))
+        await Promise.all(others.map(async (slot) => await relay(req, body, caller, slot.adminPort).catch(() => undefined)))
       }
       return reply
     })()
@@ -158,6 +200,29 @@ function adminRequest (req: IncomingMessage, res: ServerResponse, slots: WorkerS
   })
 }
 
+type RelayError = Error & { code: string, statusCode?: number }
+
+/** The answer a worker's admin port gives to a body over the limit (413, in the admin API's error shape). */
+function bodyTooLarge (): RelayError {
+  return Object.assign(new Error('Request body is too large'), { code: 'DBSHIFT_ERR_BAD_REQUEST', statusCode: 413 })
+}
+
+/**
+ * Answers a refused request at once. What the caller still sends is read and dropped (held nowhere), as Node does
+ * for an answered request: closing a socket with unread data resets it, and the reset can destroy the answer before
+ * the caller reads it. A caller that keeps sending longer than LINGER_MS is cut off.
+ */
+function refuse (req: IncomingMessage, res: ServerResponse, error: RelayError): void {
+  if (res.headersSent) return
+  const text = JSON.stringify({ error: error.code, message: error.message })
+  res.writeHead(error.statusCode ?? 400, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) })
+  res.end(text)
+  req.resume()
+  if (req.complete) return
+  const timer = setTimeout(() => { req.socket.destroy() }, LINGER_MS).unref()
+  req.once('end', () => { clearTimeout(timer) })
+}
+
 /** Whether a worker's rollback answer says Redis has it (`"persisted": true`). */
 function persisted (body: Buffer): boolean {
   try {
@@ -168,8 +233,8 @@ function persisted (body: Buffer): boolean {
 }
 
 /** Sends one admin request to a worker's private admin port and reads the whole answer. */
-async function relay (req: IncomingMessage, body: Buffer, port: number): Promise<{ status: number, headers: IncomingMessage['headers'], body: Buffer }> {
-  const headers = { ...req.headers, 'content-length': String(body.length) }
+async function relay (req: IncomingMessage, body: Buffer, caller: string, port: number): Promise<{ status: number, headers: IncomingMessage['headers'], body: Buffer }> {
+  const headers = { ...req.headers, 'content-length': String(body.length), 'x-forwarded-for': caller }
   delete headers['transfer-encoding']
   delete headers.connection
   return await new Promise((resolve, reject) => {

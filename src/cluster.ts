@@ -10,6 +10,7 @@ import { ADMIN_BODY_LIMIT, type App, type AppDeps } from './app.ts'
 import { bearerAuth } from './admin/auth.ts'
 import { hostCheck } from './admin/hosts.ts'
 import { createLogger, routeConsoleTo } from './log.ts'
+import { listenFailure, refuseToStart } from './exit.ts'
 import { loadConfig, parseHostPort, type Config } from './config.ts'
 import { WorkersUnavailableError } from './errors.ts'
 
@@ -77,24 +78,30 @@ async function runPrimary (config: Config): Promise<void> {
     return worker
   }
 
+  const gate: AdminGate = {
+    checkHost: hostCheck(parseHostPort(config.adminListen).host, config.admin.allowedHosts),
+    authenticate: bearerAuth(config.admin.token, config.admin.tokenName) as unknown as AdminGate['authenticate']
+  }
+  // The admin port first: one that is taken stops the start before any worker runs.
+  const admin = createServer((req, res) => { adminRequest(req, res, slots, aggregator, gate, log) })
+  const address = parseHostPort(config.adminListen)
+  await new Promise<void>((resolve) => {
+    admin.once('error', (err: NodeJS.ErrnoException) => refuseToStart(listenFailure(config, err)))
+    admin.listen(address.port, address.host, resolve)
+  })
+
   for (let i = 0; i < config.workers; i++) slots.push({ worker: undefined, adminPort: await freeLoopbackPort() })
   try {
     await Promise.all(slots.map(async (slot) => { await ready(fork(slot)) }))
   } catch (err) {
     stopping = true
-    log.fatal({ err }, 'a worker could not start; stopping')
     for (const { worker } of slots) worker?.process.kill('SIGTERM')
+    // A worker that refused to start (exit 2: a taken proxy port, …) has said why in one line already.
+    if ((err as { exitCode?: number }).exitCode === 2) process.exit(2)
+    log.fatal({ err }, 'a worker could not start; stopping')
     process.exit(1)
   }
 
-  const gate: AdminGate = {
-    checkHost: hostCheck(parseHostPort(config.adminListen).host, config.admin.allowedHosts),
-    authenticate: bearerAuth(config.admin.token, config.admin.tokenName) as unknown as AdminGate['authenticate']
-  }
-  const admin = createServer((req, res) => { adminRequest(req, res, slots, aggregator, gate, log) })
-  const address = parseHostPort(config.adminListen)
-  admin.listen(address.port, address.host)
-  await once(admin, 'listening')
   log.info({ workers: config.workers, proxy: config.listen, admin: addressOf(admin.address() as AddressInfo) }, 'dbshift is listening')
 
   closeWithGrace({ delay: config.server.shutdownGraceMs + 5_000 }, async ({ signal, err }) => {
@@ -123,7 +130,7 @@ async function ready (worker: Worker): Promise<void> {
     }
     const onExit = (code: number | null): void => {
       worker.off('listening', onListening)
-      reject(new Error(`worker ${String(worker.process.pid)} exited with ${String(code)} before listening`))
+      reject(Object.assign(new Error(`worker ${String(worker.process.pid)} exited with ${String(code)} before listening`), { exitCode: code }))
     }
     worker.on('listening', onListening)
     worker.once('exit', onExit)

@@ -3,6 +3,7 @@ import { once } from 'node:events'
 import { createServer, type Socket } from 'node:net'
 import { test, type TestContext } from 'node:test'
 import { REDIS_ACL_RULES } from '../src/rollout/redis.ts'
+import { REFUSAL_MEMORY_MS } from '../src/rollout/redis-health.ts'
 import { RolloutKeys } from '../src/rollout/keys.ts'
 import { getAs, nextGuardEvent, startProxy, startProxyProcess, startRedis, startUpstream, testConfig, untilRollout, type TestProxy, type TestRedis } from './helpers.ts'
 
@@ -90,7 +91,7 @@ test('a Redis user without write permission (NOPERM): reported as refusing, the 
   await persisted
   assert.equal(await redis.client.get(keys.state), 'rolled_back')
   assert.deepEqual(await redis.client.hgetall(keys.trip), { level: 'L1', reason: trip.reason, at: trip.at, by: trip.by })
-  await until('the refusal clears', async () => (await redisReport(proxy)).state === 'connected')
+  await until('the refusal clears', async () => (await redisReport(proxy)).state === 'connected', REFUSAL_MEMORY_MS + 5_000)
   assert.deepEqual(await redisReport(proxy), { readyz: 'connected', state: 'connected', connected: true, reason: null, up: 1 })
 })
 
@@ -113,14 +114,14 @@ test('a full Redis (maxmemory with noeviction, OOM): reported as refusing; a rol
   await persisted
   assert.equal(await redis.client.get(keys.state), 'rolled_back')
   assert.equal(await redis.client.hget(keys.trip, 'reason'), 'orders failing')
-  await until('the refusal clears', async () => (await redisReport(proxy)).state === 'connected')
+  await until('the refusal clears', async () => (await redisReport(proxy)).state === 'connected', REFUSAL_MEMORY_MS + 5_000)
 })
 
 test('a Redis user with exactly the documented ACL rules runs everything dbshift does, with no command refused', async (t) => {
   const redis = await startRedis(t)
   const url = await redisUser(redis, 'dbshift', 'exact-pw', REDIS_ACL_RULES)
-  const { proxy, failMigrated } = await rig(t, redis, url)
   await redis.client.call('ACL', 'LOG', 'RESET')
+  const { proxy, failMigrated } = await rig(t, redis, url)
 
   const set = await fetch(`${proxy.adminUrl}/rollout`, { method: 'PUT', headers: auth, body: JSON.stringify({ percent: 100 }) })
   assert.equal(set.status, 200)

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { createServer, type Socket } from 'node:net'
 import { test, type TestContext } from 'node:test'
@@ -117,7 +118,7 @@ test('a full Redis (maxmemory with noeviction, OOM): reported as refusing; a rol
   await until('the refusal clears', async () => (await redisReport(proxy)).state === 'connected', REFUSAL_MEMORY_MS + 5_000)
 })
 
-test('a Redis user with exactly the documented ACL rules runs everything dbshift does, with no command refused', async (t) => {
+test('a Redis user with exactly the documented ACL rules runs everything dbshift and the dbshift command do, with no command refused', async (t) => {
   const redis = await startRedis(t)
   const url = await redisUser(redis, 'dbshift', 'exact-pw', REDIS_ACL_RULES)
   await redis.client.call('ACL', 'LOG', 'RESET')
@@ -135,9 +136,24 @@ test('a Redis user with exactly the documented ACL rules runs everything dbshift
   await untilRollout(proxy.app, (s) => s.state === 'active')
   await proxy.app.heartbeat.beat()
 
+  // The dbshift command, with the same user.
+  for (const args of [['status'], ['set', '10'], ['allow', 'add', 'tester'], ['which', 'tester'], ['rollback', '--reason', 'drill'], ['resume']]) {
+    const run = await cli({ REDIS_URL: url, DBSHIFT_CONFIG: 'test/fixtures/empty.yaml', DBSHIFT_OPERATOR: 'oncall' }, args)
+    assert.equal(run.code, 0, `dbshift ${args.join(' ')}: ${run.stderr}`)
+  }
+
   assert.deepEqual(await redis.client.call('ACL', 'LOG'), [], 'Redis denied none of dbshift\'s commands')
   assert.equal((await redisReport(proxy)).state, 'connected')
 })
+
+/** Runs the dbshift command as a real process. */
+async function cli (env: NodeJS.ProcessEnv, args: string[]): Promise<{ code: number | null, stderr: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { env: { PATH: process.env.PATH, ...env }, stdio: ['ignore', 'ignore', 'pipe'] })
+  let stderr = ''
+  child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString() })
+  const [code] = await once(child, 'close') as [number | null]
+  return { code, stderr }
+}
 
 /**
  * A server on the Redis port that answers every command with the integer 1, whatever the command: a reply of the

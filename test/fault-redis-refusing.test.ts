@@ -208,5 +208,7 @@ test('a Redis port that answers everything with an integer: the process keeps se
     await res.arrayBuffer()
   }
   const readyz = await (await fetch(`${proc.adminUrl}/readyz`)).json() as { redis: string }
-  assert.notEqual(readyz.redis, 'connected')
+  assert.equal(readyz.redis, 'disconnected')
+  const status = await (await fetch(`${proc.adminUrl}/status`)).json() as { redis: { reason: string } }
+  assert.match(status.redis.reason, /wrong shape/)
 })

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
 import { EventEmitter } from 'node:events'
-import type { Command, Redis } from 'ioredis'
-import type { RedisClient } from './redis.ts'
+import type { Command } from 'ioredis'
+import { WRONG_SHAPE, type RedisClient } from './redis.ts'
 
 /**
  * What this instance can do with Redis: `connected` (commands are accepted), `refusing` (connected, but Redis
@@ -32,9 +32,9 @@ export interface RedisHealthEvents {
 interface Refusal { reason: string, at: number }
 
 /**
- * Watches one control-plane connection: its status, the outcome of every command sent on it, and its parser. A
- * reply the client library cannot parse (a server on the port that is not Redis, a broken proxy) would otherwise
- * throw inside the socket's data handler and end the process: the connection is dropped instead, and reconnects.
+ * Watches one control-plane connection: its status, the outcome of every command sent on it, and replies of the
+ * wrong shape (connectRedis drops a connection whose replies cannot be parsed; a PING after each connect must be
+ * answered PONG).
  */
 export class RedisHealth extends EventEmitter<RedisHealthEvents> {
   readonly #client: RedisClient
@@ -52,9 +52,6 @@ export class RedisHealth extends EventEmitter<RedisHealthEvents> {
     this.#now = now
     this.#state = client.status === 'ready' ? 'connected' : 'disconnected'
     observeCommands(client, (command, err) => { this.#outcome(command, err) })
-    const guard = (redis: Redis): void => { guardParser(redis, (err) => { this.#garbled(err) }) }
-    if ('nodes' in client) client.on('+node', guard)
-    else guard(client)
     client.on('ready', () => {
       this.#refusals.clear() // a new connection: what it refuses is learnt again
       this.#lastError = undefined
@@ -63,14 +60,15 @@ export class RedisHealth extends EventEmitter<RedisHealthEvents> {
       client.ping().then((reply: unknown) => {
         // (In subscriber mode, RESP2 answers ["pong", ""].)
         if (reply === 'PONG' || (Array.isArray(reply) && String(reply[0]) === 'pong')) return
-        this.#garbled(new Error(`PING was answered with ${JSON.stringify(reply)}`))
+        this.#garbled(new Error(`${WRONG_SHAPE}: PING was answered with ${JSON.stringify(reply)}`))
         client.disconnect(true)
       }, () => {})
     })
     client.on('close', () => { this.#update() })
     client.on('error', (err: Error) => {
       this.#lastError = err.message
-      this.#update()
+      if (err.message.startsWith(WRONG_SHAPE)) this.#garbled(err)
+      else this.#update()
     })
     // Refusals that are no longer seen expire.
     this.#timer = setInterval(() => { this.#update() }, 1_000).unref()
@@ -107,7 +105,7 @@ export class RedisHealth extends EventEmitter<RedisHealthEvents> {
   }
 
   #garbled (err: Error): void {
-    this.#wrongShape = { reason: `Redis answered with a reply of the wrong shape (${err.message}); is it a Redis server?`, at: this.#now() }
+    this.#wrongShape = { reason: `${err.message}; is it a Redis server?`, at: this.#now() }
     this.#update()
   }
 
@@ -163,38 +161,4 @@ function observeCommands (client: RedisClient, outcome: (command: Command, err: 
     command.promise.then(() => { outcome(command, undefined) }, (err: unknown) => { outcome(command, err) })
     return send(command, ...rest)
   }
-}
-
-/**
- * ioredis parses replies inside the socket's `data` listener, which it adds with prependListener to each new socket;
- * a reply of an unexpected shape (an integer where a subscription confirmation belongs) throws there, out of reach
- * of any promise. Each socket the client takes is given a prependListener that wraps that listener, so the throw
- * drops the connection (which then reconnects) instead of the process.
- */
-function guardParser (redis: Redis, onGarbled: (err: Error) => void): void {
-  type Socket = NodeJS.ReadWriteStream & { destroy: (err?: Error) => void }
-  const target = redis as unknown as { stream?: Socket }
-  let current = target.stream
-  Object.defineProperty(target, 'stream', {
-    configurable: true,
-    enumerable: true,
-    get: () => current,
-    set: (stream: Socket | undefined) => {
-      current = stream
-      if (stream === undefined) return
-      const prepend = stream.prependListener.bind(stream)
-      stream.prependListener = ((event: string, listener: (...args: unknown[]) => void) => {
-        if (event !== 'data') return prepend(event, listener)
-        return prepend(event, (...args: unknown[]) => {
-          try {
-            listener(...args)
-          } catch (err) {
-            const error = err instanceof Error ? err : new Error(String(err))
-            onGarbled(error)
-            stream.destroy(new Error(`Redis answered with a reply of the wrong shape: ${error.message}`))
-          }
-        })
-      }) as typeof stream.prependListener
-    }
-  })
 }

@@ -82,7 +82,8 @@ async function runPrimary (config: Config): Promise<void> {
     checkHost: hostCheck(parseHostPort(config.adminListen).host, config.admin.allowedHosts),
     authenticate: bearerAuth(config.admin.token, config.admin.tokenName) as unknown as AdminGate['authenticate']
   }
-  // The admin port first: one that is taken stops the start before any worker runs.
+  // The ports first: one that is taken stops the start before any worker runs (a worker would die of it, not say it).
+  await checkFree(config.listen).catch((err: NodeJS.ErrnoException) => refuseToStart(listenFailure(config, err)))
   const admin = createServer((req, res) => { adminRequest(req, res, slots, aggregator, gate, log) })
   const address = parseHostPort(config.adminListen)
   await new Promise<void>((resolve) => {
@@ -264,6 +265,18 @@ function sendError (res: ServerResponse, error: InstanceType<typeof WorkersUnava
   const text = JSON.stringify({ error: error.code, message: error.message })
   res.writeHead(error.statusCode ?? 503, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) })
   res.end(text)
+}
+
+/** Resolves when `host:port` can be listened on now (the workers then share it); rejects with the listen error. */
+async function checkFree (hostPort: string): Promise<void> {
+  const { host, port } = parseHostPort(hostPort)
+  if (port === 0) return
+  const server = createNetServer()
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, host, resolve)
+  })
+  await new Promise<void>((resolve) => server.close(() => resolve()))
 }
 
 async function freeLoopbackPort (): Promise<number> {

@@ -51,14 +51,16 @@ test('a busy proxy or admin port: one line naming the key, exit 2', async (t) =>
   assertRefused(await run({ ...POOLS, DBSHIFT_ADMIN_LISTEN: `127.0.0.1:${port}` }), new RegExp(`^dbshift: cannot listen: adminListen = "127\\.0\\.0\\.1:${port}": the address is already in use`))
 })
 
-test('a busy admin port with workers: 2: one line, exit 2, no worker left running', async (t) => {
+test('a busy proxy or admin port with workers: 2: one line, exit 2, no worker started', async (t) => {
   const port = await busyPort(t)
   const dir = tempDir(t)
-  const file = join(dir, 'dbshift.yaml')
-  writeFileSync(file, `workers: 2\nlisten: 127.0.0.1:0\nadminListen: 127.0.0.1:${port}\n`)
-  const result = await run({ ...POOLS, DBSHIFT_CONFIG: file, DBSHIFT_LISTEN: undefined, DBSHIFT_ADMIN_LISTEN: undefined })
-  assertRefused(result, /^dbshift: cannot listen: adminListen = .*already in use/)
-  assert.doesNotMatch(result.stdout, /dbshift is listening/, 'no worker was started')
+  for (const [key, listen, adminListen] of [['listen', port, 0], ['adminListen', 0, port]] as const) {
+    const file = join(dir, `${key}.yaml`)
+    writeFileSync(file, `workers: 2\nlisten: 127.0.0.1:${listen}\nadminListen: 127.0.0.1:${adminListen}\n`)
+    const result = await run({ ...POOLS, DBSHIFT_CONFIG: file, DBSHIFT_LISTEN: undefined, DBSHIFT_ADMIN_LISTEN: undefined })
+    assertRefused(result, new RegExp(`^dbshift: cannot listen: ${key} = .*already in use`))
+    assert.doesNotMatch(result.stdout, /dbshift is listening/, 'no worker was started')
+  }
 })
 
 test('a config file that cannot be read, a CA file that cannot be read: one line naming it, exit 2', async (t) => {

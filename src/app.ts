@@ -8,11 +8,13 @@ import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { loadConfig, parseHostPort, type Config } from './config.ts'
 import { BadRequestError } from './errors.ts'
+import { hostCheck } from './admin/hosts.ts'
 import { Metrics } from './metrics.ts'
 import { routerFor } from './routing/configured.ts'
 import { UserKeyReader } from './routing/user-key.ts'
 import { RolloutKeys } from './rollout/keys.ts'
 import { connectRedis, type RedisClient } from './rollout/redis.ts'
+import { redisHealth, type RedisHealth, type RedisState } from './rollout/redis-health.ts'
 import { RolloutStore } from './rollout/store.ts'
 import { RolloutSync } from './rollout/sync.ts'
 import type { RolloutSnapshot } from './rollout/snapshot.ts'
@@ -52,7 +54,12 @@ export interface AppDeps {
   now?: () => number
   /** Reads the configuration again for a reload (SIGHUP, POST /reload); the file and the environment by default. */
   loadConfig?: () => Config
+  /** The address of a relay whose X-Forwarded-For names the caller of an admin request (the workers' primary). */
+  adminTrustProxy?: string
 }
+
+/** The largest admin request body, in bytes (the workers' primary enforces the same). */
+export const ADMIN_BODY_LIMIT = 16_384
 
 /** The parts of a running dbshift: those the admin routes see, and the servers and background work around them. */
 export interface App extends Omit<AdminOptions, 'now' | 'schedules' | 'heartbeat'> {
@@ -87,9 +94,10 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const redis = deps.redis ?? connectRedis(config.redis.url, redisOptions)
   const subscriber = deps.subscriber ?? connectRedis(config.redis.url, { ...redisOptions, subscriber: true })
   const listeners = new Listeners()
-  watchRedis(redis, metrics, log, listeners)
+  const health = watchRedis(redis, metrics, log, now, listeners)
   // Reported through the control connection; ioredis needs a listener, or an error would end the process.
   listeners.on(subscriber, 'error', (err: Error) => { log.debug({ err }, 'Redis subscriber connection error') })
+  const subscriberHealth = redisHealth(subscriber, now) // guards its parser too
 
   const store = new RolloutStore(redis, keys, { initialPercent: config.rollout.initialPercent })
   const sync = new RolloutSync(store, redis, subscriber, {
@@ -216,8 +224,20 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   // An unknown field or a value of the wrong type in an admin body is refused (400), never dropped or converted;
   // multipleOf is checked with a tolerance so that 33.33 is a multiple of 0.01 despite binary floating point.
   const adminAjv = { customOptions: { removeAdditional: false, coerceTypes: false, multipleOfPrecision: 6 } } as const
-  // Path parameters up to a user key of 256 bytes, percent-encoded (3 characters a byte), and some room.
-  const admin = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 16_384, ajv: adminAjv, routerOptions: { maxParamLength: 1_024 } })
+  const admin = Fastify({
+    loggerInstance: log as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: ADMIN_BODY_LIMIT,
+    ajv: adminAjv,
+    trustProxy: deps.adminTrustProxy ?? false,
+    // Path parameters up to a user key of 256 bytes, percent-encoded (3 characters a byte), and some room.
+    routerOptions: { maxParamLength: 1_024 }
+  })
+  // First: a request under a name that is not the admin port's own (DNS rebinding) reaches no route, the console's included.
+  const checkHost = hostCheck(parseHostPort(config.adminListen).host, config.admin.allowedHosts)
+  admin.addHook('onRequest', async (request, reply) => {
+    try { checkHost(request.headers.host) } catch (err) { return await reply.code(403).send({ error: (err as { code: string }).code, message: (err as Error).message }) }
+  })
   await admin.register(consoleRoutes, { config, metrics, traffic, guards, sync, redis, keys, now }) // first: its read check covers every route
   const adminOptions: AdminOptions = { config, instanceId, sync, store, control, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, poolHealth, now }
   const reloadConfig = async (): Promise<ReloadResult> => await reload({
@@ -291,6 +311,8 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
             await closePools(pools)
           }],
           ['the Redis connections', () => {
+            health.close()
+            subscriberHealth.close()
             if (!ownsRedis) return
             redis.disconnect()
             subscriber.disconnect()
@@ -328,23 +350,41 @@ function proxyServer (config: Config, handler: Parameters<typeof createServer>[1
   return server
 }
 
-/** Keeps dbshift_redis_up true to the connection, and logs each loss of Redis once, not per retry. */
-function watchRedis (redis: RedisClient, metrics: Metrics, log: Logger, listeners: Listeners): void {
-  let up = false
-  listeners.on(redis, 'ready', () => {
-    if (!up) log.info('connected to Redis')
-    up = true
-    metrics.redisUp.set(1)
-  })
-  listeners.on(redis, 'close', () => {
-    if (up) log.warn('lost the connection to Redis; routing on the last valid state and reconnecting')
-    up = false
-    metrics.redisUp.set(0)
-  })
+/**
+ * Keeps dbshift_redis_up true to what Redis lets this instance do (1 only while its commands are accepted), and logs
+ * each change of state once, not per retry: connected, refusing (and why), lost, or unreachable from the start.
+ */
+function watchRedis (redis: RedisClient, metrics: Metrics, log: Logger, now: () => number, listeners: Listeners): RedisHealth {
+  const health = redisHealth(redis, now)
+  let everConnected = false
+  const report = (state: RedisState, reason: string | null, previous: RedisState): void => {
+    metrics.redisUp.set(state === 'connected' ? 1 : 0)
+    if (state === 'connected') {
+      log.info(previous === 'refusing' ? 'Redis accepts commands again' : 'connected to Redis')
+      everConnected = true
+    } else if (state === 'refusing') {
+      log.error({ reason }, `Redis refuses commands: ${reason ?? ''}; routing on the last valid state, and what must be written is retried until Redis takes it`)
+    } else if (everConnected || previous === 'refusing') {
+      log.warn({ reason }, 'lost the connection to Redis; routing on the last valid state and reconnecting')
+    } else {
+      log.warn({ reason }, 'Redis is unreachable; routing on the last valid state (or the initial one) and retrying in the background')
+    }
+  }
+  listeners.on(health, 'change', report)
+  // A client that was never connected is reported as unreachable at its first error (not before: it may connect at once).
+  // Each different error is logged once (a refused login, a refused connection), not on every retry.
   let warnedAtStart = false
+  let lastError = ''
   listeners.on(redis, 'error', (err: Error) => {
-    if (up) log.warn({ err }, 'Redis error')
-    else if (!warnedAtStart) log.warn({ err }, 'Redis is unreachable; routing on the last valid state (or the initial one) and retrying in the background')
-    warnedAtStart = true
+    if (!warnedAtStart && !everConnected && health.state === 'disconnected') {
+      warnedAtStart = true
+      report('disconnected', health.reason, 'disconnected')
+    }
+    if (err.message === lastError) return
+    lastError = err.message
+    log.warn({ err }, `Redis error: ${err.message}`)
   })
+  redis.on('ready', () => { lastError = '' })
+  if (health.state === 'connected') report('connected', null, 'disconnected')
+  return health
 }

@@ -4,9 +4,13 @@ import { createServer, request, type IncomingMessage, type ServerResponse } from
 import { createServer as createNetServer, type AddressInfo } from 'node:net'
 import { hostname } from 'node:os'
 import closeWithGrace from 'close-with-grace'
-import { pino, type Logger } from 'pino'
+import type { Logger } from 'pino'
 import { AggregatorRegistry, type PrometheusContentType } from 'prom-client'
-import type { App } from './app.ts'
+import { ADMIN_BODY_LIMIT, type App, type AppDeps } from './app.ts'
+import { bearerAuth } from './admin/auth.ts'
+import { hostCheck } from './admin/hosts.ts'
+import { createLogger, routeConsoleTo } from './log.ts'
+import { listenFailure, refuseToStart } from './exit.ts'
 import { loadConfig, parseHostPort, type Config } from './config.ts'
 import { readAccess } from './admin/auth.ts'
 import { UnauthorizedError, WorkersUnavailableError } from './errors.ts'
@@ -15,8 +19,10 @@ import { UnauthorizedError, WorkersUnavailableError } from './errors.ts'
 const WORKER_ADMIN_ENV = 'DBSHIFT_WORKER_ADMIN_LISTEN'
 /** A worker that dies is started again after this pause, so a crash loop cannot spin the CPU. */
 const RESPAWN_DELAY_MS = 1_000
+/** How long a refused admin request's connection is still drained before it is closed. */
+const LINGER_MS = 5_000
 
-type Main = (overrides?: (config: Config) => void) => Promise<{ app: App }>
+type Main = (overrides?: (config: Config) => void, deps?: Partial<AppDeps>) => Promise<{ app: App }>
 
 /**
  * Runs dbshift in one process, or, with `workers` > 1, as a primary and that many workers sharing the proxy port
@@ -43,7 +49,7 @@ async function runWorker (main: Main): Promise<void> {
     const admin = process.env[WORKER_ADMIN_ENV]
     if (admin !== undefined) config.adminListen = admin
     config.instanceId = `${config.instanceId ?? hostname()}:${process.pid}`
-  })
+  }, { adminTrustProxy: '127.0.0.1' }) // the primary relays every admin request, naming the caller
   // Constructing one installs prom-client's answer to the primary's "send me your metrics" messages.
   new AggregatorRegistry() // eslint-disable-line no-new
   AggregatorRegistry.setRegistries([app.registry])
@@ -55,7 +61,8 @@ interface WorkerSlot {
 }
 
 async function runPrimary (config: Config): Promise<void> {
-  const log = pino({ level: config.log.level, name: 'dbshift' }).child({ role: 'primary' })
+  const log = createLogger(config.log.level).child({ role: 'primary' })
+  routeConsoleTo(log)
   const aggregator = new AggregatorRegistry<PrometheusContentType>()
   const slots: WorkerSlot[] = []
   let stopping = false
@@ -72,21 +79,32 @@ async function runPrimary (config: Config): Promise<void> {
     return worker
   }
 
+  const gate: AdminGate = {
+    checkHost: hostCheck(parseHostPort(config.adminListen).host, config.admin.allowedHosts),
+    authenticate: bearerAuth(config.admin.token, config.admin.tokenName) as unknown as AdminGate['authenticate'],
+    canRead: readAccess(config.admin.readToken, config.admin.token)
+  }
+  // The ports first: one that is taken stops the start before any worker runs (a worker would die of it, not say it).
+  await checkFree(config.listen).catch((err: NodeJS.ErrnoException) => refuseToStart(listenFailure(config, err)))
+  const admin = createServer((req, res) => { adminRequest(req, res, slots, aggregator, gate, log) })
+  const address = parseHostPort(config.adminListen)
+  await new Promise<void>((resolve) => {
+    admin.once('error', (err: NodeJS.ErrnoException) => refuseToStart(listenFailure(config, err)))
+    admin.listen(address.port, address.host, resolve)
+  })
+
   for (let i = 0; i < config.workers; i++) slots.push({ worker: undefined, adminPort: await freeLoopbackPort() })
   try {
     await Promise.all(slots.map(async (slot) => { await ready(fork(slot)) }))
   } catch (err) {
     stopping = true
-    log.fatal({ err }, 'a worker could not start; stopping')
     for (const { worker } of slots) worker?.process.kill('SIGTERM')
+    // A worker that refused to start (exit 2: a taken proxy port, …) has said why in one line already.
+    if ((err as { exitCode?: number }).exitCode === 2) process.exit(2)
+    log.fatal({ err }, 'a worker could not start; stopping')
     process.exit(1)
   }
 
-  const canRead = readAccess(config.admin.readToken, config.admin.token)
-  const admin = createServer((req, res) => { adminRequest(req, res, slots, aggregator, log, canRead) })
-  const address = parseHostPort(config.adminListen)
-  admin.listen(address.port, address.host)
-  await once(admin, 'listening')
   log.info({ workers: config.workers, proxy: config.listen, admin: addressOf(admin.address() as AddressInfo) }, 'dbshift is listening')
 
   // SIGHUP to the primary reloads every worker (each re-reads the file and the environment itself).
@@ -118,19 +136,38 @@ async function ready (worker: Worker): Promise<void> {
     }
     const onExit = (code: number | null): void => {
       worker.off('listening', onListening)
-      reject(new Error(`worker ${String(worker.process.pid)} exited with ${String(code)} before listening`))
+      reject(Object.assign(new Error(`worker ${String(worker.process.pid)} exited with ${String(code)} before listening`), { exitCode: code }))
     }
     worker.on('listening', onListening)
     worker.once('exit', onExit)
   })
 }
 
-/** One request to the primary's admin port. */
-function adminRequest (req: IncomingMessage, res: ServerResponse, slots: WorkerSlot[], aggregator: AggregatorRegistry<PrometheusContentType>, log: Logger, canRead?: (req: IncomingMessage) => boolean): void {
+/** What the primary checks itself before it relays anything: the same rules as a worker's admin port. */
+interface AdminGate {
+  checkHost: (host: string | undefined) => void
+  authenticate: (request: { headers: IncomingMessage['headers'], ip: string }) => string
+  /** Reads, where `admin.readToken` is set (the primary answers /metrics itself). */
+  canRead: ((request: IncomingMessage) => boolean) | undefined
+}
+
+/**
+ * One request to the primary's admin port. A change is checked for its token before a byte of its body is read, and
+ * its body is read up to the admin body limit only (both as a worker would), so no caller can make the primary hold
+ * more than that. The caller's address goes to the worker in X-Forwarded-For (replacing any the caller sent), which
+ * the workers' admin ports believe from the primary alone, so the audit names the caller.
+ */
+function adminRequest (req: IncomingMessage, res: ServerResponse, slots: WorkerSlot[], aggregator: AggregatorRegistry<PrometheusContentType>, gate: AdminGate, log: Logger): void {
+  try {
+    gate.checkHost(req.headers.host)
+    if (req.method !== 'GET' && req.method !== 'HEAD') gate.authenticate({ headers: req.headers, ip: req.socket.remoteAddress ?? '' })
+  } catch (err) {
+    return refuse(req, res, err as RelayError)
+  }
   const live = slots.filter((slot) => slot.worker !== undefined && !slot.worker.isDead())
   if (req.method === 'GET' && req.url?.split('?')[0] === '/metrics') {
     // The workers check every other read themselves (admin.readToken); this one the primary answers.
-    if (canRead !== undefined && !canRead(req)) return sendError(res, new UnauthorizedError())
+    if (gate.canRead !== undefined && !gate.canRead(req)) return sendError(res, new UnauthorizedError())
     aggregator.clusterMetrics().then((text) => {
       res.writeHead(200, { 'content-type': aggregator.contentType })
       res.end(text)
@@ -141,18 +178,33 @@ function adminRequest (req: IncomingMessage, res: ServerResponse, slots: WorkerS
     return
   }
   if (live.length === 0) return sendError(res, new WorkersUnavailableError('none is running'))
+  const declared = Number(req.headers['content-length'] ?? 0)
+  if (declared > ADMIN_BODY_LIMIT) return refuse(req, res, bodyTooLarge())
   const isRollback = req.method === 'POST' && req.url?.split('?')[0] === '/rollback'
   const chunks: Buffer[] = []
-  req.on('data', (chunk: Buffer) => chunks.push(chunk))
+  let size = 0
+  let refused = false
+  req.on('data', (chunk: Buffer) => {
+    size += chunk.length
+    if (size > ADMIN_BODY_LIMIT) {
+      if (!refused) refuse(req, res, bodyTooLarge())
+      refused = true
+      chunks.length = 0
+      return
+    }
+    chunks.push(chunk)
+  })
   req.on('end', () => {
+    if (refused) return
     const body = Buffer.concat(chunks)
+    const caller = req.socket.remoteAddress ?? ''
     const answer = (async () => {
       const [first, ...others] = live as [WorkerSlot, ...WorkerSlot[]]
-      const reply = await relay(req, body, first.adminPort)
+      const reply = await relay(req, body, caller, first.adminPort)
       // A rollback that reached Redis reaches the other workers through it within milliseconds; one that did not
       // (Redis away) must still apply to every worker at once, so each is told directly.
       if (isRollback && reply.status < 300 && !persisted(reply.body)) {
-        await Promise.all(others.map(async (slot) => await relay(req, body, slot.adminPort).catch(() => undefined)))
+        await Promise.all(others.map(async (slot) => await relay(req, body, caller, slot.adminPort).catch(() => undefined)))
       }
       return reply
     })()
@@ -165,6 +217,29 @@ function adminRequest (req: IncomingMessage, res: ServerResponse, slots: WorkerS
   })
 }
 
+type RelayError = Error & { code: string, statusCode?: number }
+
+/** The answer a worker's admin port gives to a body over the limit (413, in the admin API's error shape). */
+function bodyTooLarge (): RelayError {
+  return Object.assign(new Error('Request body is too large'), { code: 'DBSHIFT_ERR_BAD_REQUEST', statusCode: 413 })
+}
+
+/**
+ * Answers a refused request at once. What the caller still sends is read and dropped (held nowhere), as Node does
+ * for an answered request: closing a socket with unread data resets it, and the reset can destroy the answer before
+ * the caller reads it. A caller that keeps sending longer than LINGER_MS is cut off.
+ */
+function refuse (req: IncomingMessage, res: ServerResponse, error: RelayError): void {
+  if (res.headersSent) return
+  const text = JSON.stringify({ error: error.code, message: error.message })
+  res.writeHead(error.statusCode ?? 400, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) })
+  res.end(text)
+  req.resume()
+  if (req.complete) return
+  const timer = setTimeout(() => { req.socket.destroy() }, LINGER_MS).unref()
+  req.once('end', () => { clearTimeout(timer) })
+}
+
 /** Whether a worker's rollback answer says Redis has it (`"persisted": true`). */
 function persisted (body: Buffer): boolean {
   try {
@@ -175,8 +250,8 @@ function persisted (body: Buffer): boolean {
 }
 
 /** Sends one admin request to a worker's private admin port and reads the whole answer. */
-async function relay (req: IncomingMessage, body: Buffer, port: number): Promise<{ status: number, headers: IncomingMessage['headers'], body: Buffer }> {
-  const headers = { ...req.headers, 'content-length': String(body.length) }
+async function relay (req: IncomingMessage, body: Buffer, caller: string, port: number): Promise<{ status: number, headers: IncomingMessage['headers'], body: Buffer }> {
+  const headers = { ...req.headers, 'content-length': String(body.length), 'x-forwarded-for': caller }
   delete headers['transfer-encoding']
   delete headers.connection
   return await new Promise((resolve, reject) => {
@@ -199,6 +274,18 @@ function sendError (res: ServerResponse, error: InstanceType<typeof WorkersUnava
   const text = JSON.stringify({ error: error.code, message: error.message })
   res.writeHead(error.statusCode ?? 503, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) })
   res.end(text)
+}
+
+/** Resolves when `host:port` can be listened on now (the workers then share it); rejects with the listen error. */
+async function checkFree (hostPort: string): Promise<void> {
+  const { host, port } = parseHostPort(hostPort)
+  if (port === 0) return
+  const server = createNetServer()
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, host, resolve)
+  })
+  await new Promise<void>((resolve) => server.close(() => resolve()))
 }
 
 async function freeLoopbackPort (): Promise<number> {

@@ -100,7 +100,8 @@ export const ConfigSchema = Type.Object({
   admin: Type.Object({
     token: Type.Optional(Type.String({ minLength: 16, description: 'must be at least 16 characters' })),
     readToken: Type.Optional(Type.String({ minLength: 16, description: 'must be at least 16 characters' })),
-    tokenName: Type.String({ minLength: 1, maxLength: 64, default: 'admin' })
+    tokenName: Type.String({ minLength: 1, maxLength: 64, default: 'admin' }),
+    allowedHosts: Type.Array(Type.String({ pattern: '^\\.?[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*\\.?$', description: 'must be a host name, or .domain for every name under it' }), { default: [] })
   }, { additionalProperties: false, default: {} }),
   log: Type.Object({
     level: Enum(LEVELS, 'info'),
@@ -174,6 +175,19 @@ export const ENV_KEYS = {
   DBSHIFT_ADMIN_TOKEN: 'admin.token'
 } as const
 
+/**
+ * Other DBSHIFT_* variables that are not config keys: read by the `dbshift` command (DBSHIFT_OPERATOR), by the test
+ * suite (DBSHIFT_TEST_PG_URL), or set by the workers' primary for its workers (DBSHIFT_WORKER_ADMIN_LISTEN).
+ */
+const OTHER_VARIABLES = ['DBSHIFT_CONFIG', 'DBSHIFT_OPERATOR', 'DBSHIFT_TEST_PG_URL', 'DBSHIFT_WORKER_ADMIN_LISTEN'] as const
+
+/**
+ * Admin tokens shipped as placeholders (the dbshift-admin-token.yaml files of deploy/, docker-compose.yml) and the words such
+ * placeholders are made of: a token anyone can read in this repository is no token.
+ */
+export const PLACEHOLDER_TOKENS = ['replace-me-with-a-long-random-token', 'compose-demo-token-change-me'] as const
+const PLACEHOLDER_WORDS = /change-?me|replace-?me|placeholder|your-?token|example-?token/i
+
 const ajv = new Ajv({ useDefaults: true, allErrors: false, strict: false, verbose: true, multipleOfPrecision: 6 })
 const validate = ajv.compile(ConfigSchema)
 
@@ -186,10 +200,11 @@ export function resolveConfig (file: unknown, env: NodeJS.ProcessEnv = {}): Conf
     throw new ConfigError('the file must hold a YAML mapping of keys')
   }
   const raw = structuredClone((file ?? {}) as Record<string, unknown>)
+  checkVariables(env)
   const fromEnv = new Map<string, string>()
   for (const [variable, key] of Object.entries(ENV_KEYS)) {
     const value = env[variable]
-    if (value === undefined || value === '') continue
+    if (value === undefined) continue
     const isPool = key.startsWith('pools.')
     const current = isPool ? (raw.pools as Record<string, unknown> | undefined)?.[key.slice(6)] : undefined
     const inObject = typeof current === 'object' && current !== null && !Array.isArray(current)
@@ -204,13 +219,38 @@ export function resolveConfig (file: unknown, env: NodeJS.ProcessEnv = {}): Conf
       throw new ConfigError(`${key} = "${config[key]}": the port must be 0 to 65535`)
     }
   }
+  const token = config.admin.token
+  if (token !== undefined && ((PLACEHOLDER_TOKENS as readonly string[]).includes(token) || PLACEHOLDER_WORDS.test(token))) {
+    const source = fromEnv.has('admin.token') ? 'admin.token (from DBSHIFT_ADMIN_TOKEN)' : 'admin.token'
+    throw new ConfigError(`${source}: is a placeholder, not a secret; set a long random token (for example: openssl rand -hex 24)`)
+  }
   config.rollout.salt ??= config.rollout.name
   return config
 }
 
+/** An unknown DBSHIFT_* variable (a typo) and an empty one are refused like an unknown or a bad key. */
+function checkVariables (env: NodeJS.ProcessEnv): void {
+  const known = new Set<string>([...Object.keys(ENV_KEYS), ...OTHER_VARIABLES])
+  for (const [variable, value] of Object.entries(env)) {
+    if (variable.startsWith('DBSHIFT_') && !known.has(variable)) {
+      throw new ConfigError(`${variable}: unknown variable (allowed: ${[...Object.keys(ENV_KEYS), ...OTHER_VARIABLES].join(', ')})`)
+    }
+    if (value === '' && (known.has(variable) || variable in ENV_KEYS)) {
+      const key = ENV_KEYS[variable as keyof typeof ENV_KEYS] as string | undefined
+      throw new ConfigError(`${key === undefined ? variable : `${key} (from ${variable})`} = "": must not be empty; unset the variable instead`)
+    }
+  }
+}
+
+/** The config file a process reads: DBSHIFT_CONFIG, or the default path. */
+export function configPath (env: NodeJS.ProcessEnv = process.env): string {
+  return env.DBSHIFT_CONFIG ?? DEFAULT_CONFIG_PATH
+}
+
 /** Reads, parses and validates the config file named by DBSHIFT_CONFIG (or the default path). */
+
 export function loadConfig (env: NodeJS.ProcessEnv = process.env): Config {
-  const path = env.DBSHIFT_CONFIG ?? DEFAULT_CONFIG_PATH
+  const path = configPath(env)
   let text: string
   try {
     text = readFileSync(path, 'utf8')
@@ -244,7 +284,7 @@ function describe (error: ErrorObject | undefined, raw: Record<string, unknown>,
   if (error === undefined) return 'unknown validation error'
   const path = error.instancePath.split('/').slice(1)
   if (error.keyword === 'required') path.push(String(error.params.missingProperty))
-  const value = path.reduce<unknown>((node, part) => (node as Record<string, unknown> | undefined)?.[part], raw)
+  const found = path.reduce<unknown>((node, part) => (node as Record<string, unknown> | undefined)?.[part], raw)
   // A pool written as a list is named as the user wrote it: pools.legacy.0, not pools.legacy.members.0.
   if (path[0] === 'pools' && listPools.has(path[1] ?? '') && path[2] === 'members') path.splice(2, 1)
   if (error.keyword === 'additionalProperties') {
@@ -255,6 +295,8 @@ function describe (error: ErrorObject | undefined, raw: Record<string, unknown>,
   const envKey = [...fromEnv.keys()].find((k) => key === k || key.startsWith(`${k}.`))
   const source = envKey === undefined ? key : `${key} (from ${fromEnv.get(envKey) ?? ''})`
   if (error.keyword === 'required') return `${source}: is required`
+  // A secret is never echoed, not even a wrong one.
+  const value = key === 'admin.token' || key === 'admin.readToken' ? '…' : found
   const description = (error.parentSchema as { description?: string } | undefined)?.description
   const rule = description?.startsWith('must') === true ? description : undefined
   const allowed = error.keyword === 'enum' ? `must be one of ${(error.params.allowedValues as string[]).join(', ')}` : undefined

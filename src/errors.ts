@@ -24,7 +24,8 @@ export const ERROR_CODES = [
   'DBSHIFT_ERR_CONFLICT',
   'DBSHIFT_ERR_NO_INSTANCES',
   'DBSHIFT_ERR_WORKERS_UNAVAILABLE',
-  'DBSHIFT_ERR_POOL_UNHEALTHY'
+  'DBSHIFT_ERR_POOL_UNHEALTHY',
+  'DBSHIFT_ERR_HOST_NOT_ALLOWED'
 ] as const
 
 export type ErrorCode = typeof ERROR_CODES[number]
@@ -96,3 +97,7 @@ export const WorkersUnavailableError = createError<'DBSHIFT_ERR_WORKERS_UNAVAILA
 /** A raise onto a migrated pool none of whose members is healthy: users would be sent to a dead pool. */
 export const PoolUnhealthyError = createError<'DBSHIFT_ERR_POOL_UNHEALTHY', 409, [string, Cause?]>(
   'DBSHIFT_ERR_POOL_UNHEALTHY', 'the migrated pool has no healthy member: %s', 409)
+
+/** A request to the admin port under a name that is not one of its own (DNS rebinding). */
+export const HostNotAllowedError = createError<'DBSHIFT_ERR_HOST_NOT_ALLOWED', 403, [string, Cause?]>(
+  'DBSHIFT_ERR_HOST_NOT_ALLOWED', 'the Host header %s is not a name of this admin port; add it to admin.allowedHosts', 403)

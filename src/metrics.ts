@@ -109,7 +109,7 @@ export class Metrics {
     this.guardTrips = new Counter({ name: 'dbshift_guard_trips_total', help: 'Automatic or manual rollbacks and guard actions, by level.', labelNames: ['level'], registers })
     this.guardThreshold = new Gauge({ name: 'dbshift_guard_threshold', help: 'The threshold in force for each guard level (error ratio, load or mismatch ratio; 0 = disabled).', labelNames: ['level'], registers, aggregator: 'first' })
     this.configErrors = new Counter({ name: 'dbshift_config_errors_total', help: 'Invalid values found in Redis and ignored.', registers })
-    this.redisUp = new Gauge({ name: 'dbshift_redis_up', help: '1 while Redis is reachable from this instance, else 0.', registers, aggregator: 'min' })
+    this.redisUp = new Gauge({ name: 'dbshift_redis_up', help: '1 while Redis accepts this instance\'s commands; 0 while it is unreachable or refuses them (see /status).', registers, aggregator: 'min' })
     this.shadow = new Counter({ name: 'dbshift_shadow_total', help: 'Shadow comparisons between versions, by result.', labelNames: ['result'], registers })
     this.l2Paused = new Gauge({ name: 'dbshift_l2_paused', help: '1 while the L2 guard pauses the new-feature routes and freezes the ramp, else 0.', registers, aggregator: 'max' })
     this.backgroundErrors = new Counter({ name: 'dbshift_background_errors_total', help: 'Failed runs of background work (polls, heartbeats, guard evaluations, the schedule runner, notifications), by task.', labelNames: ['task'], registers })

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { test } from 'node:test'
+import { after, test } from 'node:test'
 import { startRedis } from './helpers.ts'
 
 interface Run { code: number | null, stdout: string, stderr: string, json: () => Record<string, unknown> }
@@ -20,8 +20,11 @@ async function dbshift (env: NodeJS.ProcessEnv, ...args: string[]): Promise<Run>
 }
 
 /** A config file of the test's own, so that the salt and the initial percentage are known. */
+const configDir = mkdtempSync(join(tmpdir(), 'dbshift-cli-'))
+after(() => { rmSync(configDir, { recursive: true, force: true }) })
+let configFiles = 0
 function configFile (text: string): string {
-  const path = join(mkdtempSync(join(tmpdir(), 'dbshift-cli-')), 'dbshift.yaml')
+  const path = join(configDir, `dbshift-${++configFiles}.yaml`)
   writeFileSync(path, text)
   return path
 }

@@ -1,19 +1,28 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { once } from 'node:events'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createNetServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import type { TestContext } from 'node:test'
 import { Redis } from 'ioredis'
-import { pino, type Logger } from 'pino'
+import type { Logger } from 'pino'
 import { buildApp, type App } from '../src/app.ts'
 import { resolveConfig, type Config } from '../src/config.ts'
+import { createLogger } from '../src/log.ts'
 import type { GuardEvents } from '../src/guards/index.ts'
 import type { RolloutSnapshot } from '../src/rollout/snapshot.ts'
 
 type Teardown = Pick<TestContext, 'after'>
+
+/** A directory of the test's own under the temp directory, removed with everything in it on teardown. */
+export function tempDir (t: Teardown, prefix = 'dbshift-test-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix))
+  t.after(() => { rmSync(dir, { recursive: true, force: true }) })
+  return dir
+}
 
 /**
  * A free TCP port on loopback, drawn at random below the kernel's ephemeral range (32768+). Ports handed out
@@ -54,9 +63,10 @@ const NO_REDIS = 'redis-server could not be started. Install Redis (Debian/Ubunt
 export async function startRedis (t: Teardown, args: string[] = []): Promise<TestRedis> {
   const port = await freePort()
   let child: ChildProcess | undefined
+  // A directory of its own, so that no stray dump.rdb is loaded and none is left behind (a replica writes one on sync).
+  const dir = mkdtempSync(join(tmpdir(), `dbshift-redis-${port}-`))
   const start = async (): Promise<void> => {
-    // A dump file of its own that never exists: redis-server would otherwise load a stray dump.rdb from its directory.
-    const dump = ['--dir', tmpdir(), '--dbfilename', `dbshift-test-${port}-${process.pid}.rdb`]
+    const dump = ['--dir', dir, '--dbfilename', 'dump.rdb']
     child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...dump, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
     const proc = child
     await new Promise<void>((resolve, reject) => {
@@ -78,13 +88,17 @@ export async function startRedis (t: Teardown, args: string[] = []): Promise<Tes
     proc.kill('SIGKILL')
     await exited
   }
-  await start()
+  await start().catch((err: unknown) => {
+    rmSync(dir, { recursive: true, force: true })
+    throw err
+  })
   const client = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 1, lazyConnect: true, retryStrategy: () => 100 })
   client.on('error', () => {})
   await client.connect()
   t.after(async () => {
     client.disconnect()
     await stop()
+    rmSync(dir, { recursive: true, force: true })
   })
   return { url: `redis://127.0.0.1:${port}`, port, client, stop, start }
 }
@@ -121,7 +135,7 @@ export async function startUpstream (t: Teardown, name: string, handler?: Handle
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, server, requests, close }
 }
 
-/** A logger whose JSON lines the test can read back. */
+/** A logger set up as dbshift's own (the same serializers), whose JSON lines the test can read back. */
 export function captureLogs (level = 'debug'): { log: Logger, lines: Array<Record<string, unknown>> } {
   const lines: Array<Record<string, unknown>> = []
   const sink = new Writable({
@@ -130,7 +144,7 @@ export function captureLogs (level = 'debug'): { log: Logger, lines: Array<Recor
       callback()
     }
   })
-  return { log: pino({ level }, sink), lines }
+  return { log: createLogger(level, sink), lines }
 }
 
 export interface TestProxy {
@@ -196,6 +210,8 @@ export interface ProxyProcess {
   child: ChildProcess
   /** Log lines the process printed (JSON). */
   logs: Array<Record<string, unknown>>
+  /** Every line the process printed, on stdout and stderr, as printed. */
+  output: string[]
   /** Sends a signal and resolves with the exit code. */
   stop: (signal?: NodeJS.Signals) => Promise<number | null>
 }
@@ -207,11 +223,19 @@ export async function startProxyProcess (t: Teardown, env: NodeJS.ProcessEnv): P
     stdio: ['ignore', 'pipe', 'pipe']
   })
   const logs: Array<Record<string, unknown>> = []
+  const output: string[] = []
   const exited = once(child, 'exit').then(([code]) => code as number | null)
   const listening = new Promise<Record<string, unknown>>((resolve, reject) => {
     let buffered = ''
     let errors = ''
-    child.stderr.on('data', (chunk: Buffer) => { errors += chunk.toString() })
+    let errorLine = ''
+    child.stderr.on('data', (chunk: Buffer) => {
+      errors += chunk.toString()
+      errorLine += chunk.toString()
+      const lines = errorLine.split('\n')
+      errorLine = lines.pop() ?? ''
+      output.push(...lines)
+    })
     child.stdout.on('data', (chunk: Buffer) => {
       buffered += chunk.toString()
       let newline = buffered.indexOf('\n')
@@ -219,6 +243,7 @@ export async function startProxyProcess (t: Teardown, env: NodeJS.ProcessEnv): P
         const line = buffered.slice(0, newline)
         buffered = buffered.slice(newline + 1)
         newline = buffered.indexOf('\n')
+        output.push(line)
         try {
           const entry = JSON.parse(line) as Record<string, unknown>
           logs.push(entry)
@@ -235,7 +260,7 @@ export async function startProxyProcess (t: Teardown, env: NodeJS.ProcessEnv): P
   t.after(async () => { await stop('SIGKILL') })
   const ready = await listening
   const port = (address: unknown): string => String(address).slice(String(address).lastIndexOf(':') + 1)
-  return { url: `http://127.0.0.1:${port(ready.proxy)}`, adminUrl: `http://127.0.0.1:${port(ready.admin)}`, pid: child.pid as number, child, logs, stop }
+  return { url: `http://127.0.0.1:${port(ready.proxy)}`, adminUrl: `http://127.0.0.1:${port(ready.admin)}`, pid: child.pid as number, child, logs, output, stop }
 }
 
 /** The peak resident set size of a process so far (VmHWM), in bytes. Linux only. */

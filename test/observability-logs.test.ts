@@ -40,7 +40,7 @@ test('log.requests: one JSON line per proxied request with version, why, upstrea
     assert.equal(line.version, status === 503 ? 'migrated' : 'legacy')
     assert.equal(line.upstream, status === 503 ? migrated.url : legacy.url)
     assert.equal(line.method, 'GET')
-    assert.equal(line.url, '/orders?id=7')
+    assert.equal(line.url, '/orders', 'without the query string (tokens travel there)')
     assert.equal(typeof line.durationMs, 'number')
     assert.ok((line.durationMs as number) >= 0 && (line.durationMs as number) < 5_000)
     assert.equal(typeof line.time, 'number')

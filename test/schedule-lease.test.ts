@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { buildApp } from '../src/app.ts'
@@ -12,7 +11,7 @@ import { ScheduleStore } from '../src/rollout/schedule-store.ts'
 import { RolloutControl } from '../src/control/commands.ts'
 import { RolloutStore } from '../src/rollout/store.ts'
 import { parseSteps, type RampStep } from '../src/rollout/schedule.ts'
-import { captureLogs, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
+import { captureLogs, startRedis, tempDir, startUpstream, testConfig, untilRollout } from './helpers.ts'
 
 /** Polls Redis (another process's doing) until `check` holds, with a deadline. */
 async function until (check: () => Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {
@@ -33,7 +32,7 @@ test('exactly one instance advances the schedule; when it dies, another takes th
     .startRamp(steps, { by: 'alice', source: 'cli' })
 
   // The first instance is a real dbshift process: it takes the lease and the first step.
-  const dir = mkdtempSync(join(tmpdir(), 'dbshift-lease-'))
+  const dir = tempDir(t, 'dbshift-lease-')
   const configPath = join(dir, 'dbshift.yaml')
   writeFileSync(configPath, 'instanceId: doomed\nlisten: 127.0.0.1:0\nadminListen: 127.0.0.1:0\nlog: { level: warn }\nredis: { pollIntervalMs: 100 }\n')
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {

@@ -6,6 +6,8 @@ import { VERSIONS } from '../routing/decide.ts'
 import { fromByteString, MAX_KEY_BYTES } from '../routing/user-key.ts'
 import { explain } from '../routing/configured.ts'
 import { isReady } from '../rollout/redis.ts'
+import { redisHealth } from '../rollout/redis-health.ts'
+import { redactUrls } from '../redact.ts'
 import { requireToken } from './auth.ts'
 import type { AdminOptions } from './options.ts'
 import { operationRoutes } from './operations.ts'
@@ -54,7 +56,7 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
   app.get('/healthz', async () => ({ status: 'ok' }))
 
   // Ready while the proxy can route: Redis is reported, not required (routing goes on with the last valid state).
-  app.get('/readyz', async () => ({ status: 'ready', redis: isReady(redis) ? 'connected' : 'disconnected', lastSyncAt: iso(sync.lastSyncAt) }))
+  app.get('/readyz', async () => ({ status: 'ready', redis: redisHealth(redis).state, lastSyncAt: iso(sync.lastSyncAt) }))
 
   app.get('/metrics', async (_request, reply) => {
     reply.header('content-type', registry.contentType)
@@ -76,10 +78,10 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
       allow: current.allow.size,
       deny: current.deny.size,
       strategy: config.rollout.strategy,
-      redis: { connected: isReady(redis), lastSyncAt: iso(sync.lastSyncAt), rollbackPending: sync.rollbackPending },
+      redis: { connected: isReady(redis), state: redisHealth(redis).state, reason: redisHealth(redis).reason, lastSyncAt: iso(sync.lastSyncAt), rollbackPending: sync.rollbackPending },
       traffic: { windowSeconds: STATUS_WINDOW_MS / 1000, ...perVersion },
       pools: options.poolHealth?.status() ?? null,
-      guards: { config: config.guards, ...options.guards.status() }
+      guards: { config: redactUrls(config.guards), ...options.guards.status() }
     }
   })
 

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto'
 import { startDemoPool } from './pool.ts'
 import { main } from '../main.ts'
 
@@ -6,7 +7,7 @@ const legacy = await startDemoPool('legacy')
 const migrated = await startDemoPool('migrated')
 process.env.DBSHIFT_LEGACY = legacy.url
 process.env.DBSHIFT_MIGRATED = migrated.url
-process.env.DBSHIFT_ADMIN_TOKEN ??= 'demo-token-change-me-0123456789'
+process.env.DBSHIFT_ADMIN_TOKEN ??= randomBytes(16).toString('hex') // a fresh one each run: placeholders are refused
 
 const { app, proxy, admin } = await main((config) => {
   if (process.env.DBSHIFT_CONFIG === undefined) config.rollout.initialPercent = 20

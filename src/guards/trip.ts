@@ -1,3 +1,4 @@
+import { redisHealth, type RedisState } from '../rollout/redis-health.ts'
 import type { Trip } from '../rollout/store.ts'
 import type { TripOutcome } from '../control/commands.ts'
 import type { GuardContext, GuardEmitter } from './events.ts'
@@ -16,7 +17,8 @@ export async function tripRollout (ctx: GuardContext, events: GuardEmitter, leve
     const recorded = ctx.sync.current.trip
     ctx.log.info({ guard: level, trip: recorded }, `the rollout was already rolled back (${recorded?.level ?? '?'} by ${recorded?.by ?? '?'}); nothing more to do`)
   } else if (outcome === 'pending') {
-    ctx.log.warn({ guard: level }, 'the rollback is in force on this instance but could not be written to Redis; it is written as soon as Redis accepts it')
+    const redis = redisHealth(ctx.redis)
+    ctx.log.warn({ guard: level, redis: redis.state, reason: redis.reason }, pendingMessage(redis.state))
   }
   events.emit('trip', trip, outcome)
   return { trip, outcome }
@@ -27,4 +29,10 @@ export function dryRunTrip (ctx: GuardContext, events: GuardEmitter, level: 'L1'
   ctx.metrics.guardDryRuns.labels(level).inc()
   ctx.log.warn({ guard: level, dryRun: true, reason, ...detail }, `${level} guard would have tripped (dry run): ${reason}`)
   events.emit('dryRun', level, reason)
+}
+
+function pendingMessage (state: RedisState): string {
+  return state === 'disconnected'
+    ? 'Redis is unreachable: the rollback is in force on this instance and will be written to Redis when it returns'
+    : 'Redis did not take the rollback (see the reason): it is in force on this instance and retried until Redis takes it'
 }

@@ -29,6 +29,13 @@ export function connectRedis (url: string, options: RedisConnectOptions): RedisC
     autoResubscribe: false, // RolloutSync re-subscribes itself on every 'ready' (see there)
     connectionName: options.connectionName
   }
+  const client = createClient(url, common)
+  if (client instanceof Cluster) client.on('+node', guardReplies)
+  else guardReplies(client)
+  return client
+}
+
+function createClient (url: string, common: RedisOptions): RedisClient {
   const multiHost = /^(redis\+sentinel|redis\+cluster):\/\/(?:([^:@/]*)(?::([^@/]*))?@)?([^/]+)(\/.*)?$/.exec(url)
   if (multiHost === null) return new Redis(url, common)
   const [, scheme, user, pass, authority = '', path = ''] = multiHost
@@ -66,4 +73,47 @@ function hosts (authority: string, defaultPort: number): Array<{ host: string, p
 /** True while the client can run commands. */
 export function isReady (client: RedisClient): boolean {
   return client.status === 'ready'
+}
+
+/**
+ * The Redis ACL command rules dbshift (proxy and CLI) needs, on keys and channels `<prefix>:*` (`~dbshift:*`,
+ * `&dbshift:*`). Reads, writes of its own keys, Lua scripts, pub/sub, transactions and the connection's own
+ * commands; INFO for the client's ready check, CLUSTER SLOTS for Redis Cluster. Nothing @dangerous (FLUSHALL, KEYS,
+ * CONFIG, DEBUG, …). As a command: `ACL SETUSER dbshift on >… ~dbshift:* &dbshift:* <these rules>`.
+ */
+export const REDIS_ACL_RULES: readonly string[] = ['+@read', '+@write', '+@scripting', '+@pubsub', '+@transaction', '+@connection', '-@dangerous', '+info', '+cluster|slots']
+
+/** How the error of a connection dropped for a reply of the wrong shape begins. */
+export const WRONG_SHAPE = 'Redis answered with a reply of the wrong shape'
+
+/**
+ * ioredis parses replies inside the socket's `data` listener, which it adds with prependListener to each new socket;
+ * a reply of an unexpected shape (an integer where a subscription confirmation belongs) throws there, out of reach
+ * of any promise, and would end the process. Each socket the client takes gets a prependListener that wraps that
+ * listener, so the throw drops the connection (an `error`, then a reconnect with the usual back-off) instead.
+ */
+function guardReplies (redis: Redis): void {
+  type Socket = NodeJS.ReadWriteStream & { destroy: (err?: Error) => void }
+  const target = redis as unknown as { stream?: Socket }
+  let current = target.stream
+  Object.defineProperty(target, 'stream', {
+    configurable: true,
+    enumerable: true,
+    get: () => current,
+    set: (stream: Socket | undefined) => {
+      current = stream
+      if (stream === undefined) return
+      const prepend = stream.prependListener.bind(stream)
+      stream.prependListener = ((event: string, listener: (...args: unknown[]) => void) => {
+        if (event !== 'data') return prepend(event, listener)
+        return prepend(event, (...args: unknown[]) => {
+          try {
+            listener(...args)
+          } catch (err) {
+            stream.destroy(new Error(`${WRONG_SHAPE}: ${err instanceof Error ? err.message : String(err)}`))
+          }
+        })
+      }) as typeof stream.prependListener
+    }
+  })
 }

@@ -184,9 +184,15 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
     if (this.#closed || !isReady(this.#redis)) throw new Error('Redis is not connected')
     const pending = this.#pendingRollback
     if (pending !== undefined) {
-      await pending.write()
-      if (this.#pendingRollback === pending) this.#pendingRollback = undefined
-      this.emit('persisted', pending.trip)
+      // A Redis that refuses the write (ACL, full memory) is still read: the rollback stays pending and in force.
+      const written = await pending.write().then(() => true, (err: unknown) => {
+        this.#log.debug({ err }, 'writing the pending rollback failed; it stays in force here and is tried on the next read')
+        return false
+      })
+      if (written) {
+        if (this.#pendingRollback === pending) this.#pendingRollback = undefined
+        this.emit('persisted', pending.trip)
+      }
     }
     const shared = await this.#store.read()
     this.#failing = false

@@ -1,23 +1,39 @@
 import { hashBucket, tailBucket, thresholdOf } from './bucket.ts'
+import { DEFAULT_ROUTE, type RequestClass, type Route } from './routes.ts'
 import { MAX_KEY_BYTES } from './user-key.ts'
 
 export const VERSIONS = ['legacy', 'migrated'] as const
 export type Version = typeof VERSIONS[number]
 
-/** Why a request went where it went: shown by `which`, in request logs, and in metrics-free debugging. */
-export type Why = 'rolled_back' | 'deny' | 'allow' | 'anonymous' | 'bucket'
+/**
+ * Why a request went where it went: shown by `which`, in request logs, and in metrics-free debugging.
+ * `route`: a `legacy` or `migrated` route (everyone, no hash); `write_dial`: a write kept on legacy by the write
+ * dial although the user's reads are migrated; `read_your_writes`: a read sent to legacy because the user has
+ * just written there.
+ */
+export type Why = 'rolled_back' | 'deny' | 'allow' | 'anonymous' | 'bucket' | 'route' | 'write_dial' | 'read_your_writes'
 
 export interface Decision {
+  /** The version of this request (of its class). */
   version: Version
   why: Why
   /** 0..9999, or -1 where the bucket did not matter and was not computed. */
   bucket: number
+  /**
+   * True for the split cohort: on this route the user's reads are migrated and their writes legacy, so a read
+   * after their own write must go to legacy (read your writes).
+   */
+  split: boolean
 }
 
 /** The part of the rollout state that routing reads: one immutable snapshot, swapped whole. */
 export interface RoutingState {
   rolledBack: boolean
   percent: number
+  /** The write dial (`write_percent`); missing: the same as `percent`. */
+  writePercent?: number
+  /** Route dials (`route:<name>:percent`) by route name; a route without one follows `percent`. */
+  routePercent?: ReadonlyMap<string, number>
   allow: ReadonlySet<string>
   deny: ReadonlySet<string>
 }
@@ -56,15 +72,72 @@ export class Router {
     return hashBucket(this.#views[n] as Buffer)
   }
 
-  decide (state: RoutingState, key: string | undefined): Decision {
-    if (state.rolledBack) return { version: 'legacy', why: 'rolled_back', bucket: -1 }
+  /**
+   * The version of one request of class `cls` on `route` (default: a read on the default route).
+   * Reads are migrated when bucket < the read threshold: round(percent × 100), where the route's own dial
+   * replaces `percent`. Writes are migrated when bucket < round(min(write_percent, percent) × 100), on every
+   * route alike, so one user's writes all land on one side. A route dial below that write threshold does not
+   * hold back the reads of users whose writes are already migrated: whoever writes to migrated also reads from
+   * it, on every route. `recentWrite`: the user wrote within the read-your-writes window (readyourwrites.ts),
+   * which sends a read of the split cohort to legacy.
+   */
+  decide (state: RoutingState, key: string | undefined, cls: RequestClass = 'read', route: Route = DEFAULT_ROUTE, recentWrite = false): Decision {
+    if (route.mode === 'legacy') return { version: 'legacy', why: 'route', bucket: -1, split: false }
+    if (state.rolledBack) return { version: 'legacy', why: 'rolled_back', bucket: -1, split: false }
+    if (route.mode === 'migrated') return { version: 'migrated', why: 'route', bucket: -1, split: false }
+    const writes = writeThreshold(state)
+    const reads = readThreshold(state, route, writes)
     if (key === undefined) {
-      const migrated = this.#policy.anonymous === 'migrated' && state.percent > 0
-      return { version: migrated ? 'migrated' : 'legacy', why: 'anonymous', bucket: -1 }
+      const migrated = this.#policy.anonymous === 'migrated' && (cls === 'read' ? reads : writes) > 0
+      return { version: migrated ? 'migrated' : 'legacy', why: 'anonymous', bucket: -1, split: false }
     }
-    if (state.deny.has(key)) return { version: 'legacy', why: 'deny', bucket: -1 }
-    if (state.allow.has(key)) return { version: 'migrated', why: 'allow', bucket: -1 }
+    if (state.deny.has(key)) return { version: 'legacy', why: 'deny', bucket: -1, split: false }
+    if (state.allow.has(key)) return { version: 'migrated', why: 'allow', bucket: -1, split: false }
     const bucket = this.bucketOf(key)
-    return { version: bucket < thresholdOf(state.percent) ? 'migrated' : 'legacy', why: 'bucket', bucket }
+    if (bucket < writes) return { version: 'migrated', why: 'bucket', bucket, split: false }
+    if (bucket >= reads) return { version: 'legacy', why: 'bucket', bucket, split: false }
+    // The split cohort: reads on migrated, writes on legacy.
+    if (cls === 'write') return { version: 'legacy', why: 'write_dial', bucket, split: true }
+    if (recentWrite) return { version: 'legacy', why: 'read_your_writes', bucket, split: true }
+    return { version: 'migrated', why: 'bucket', bucket, split: true }
   }
+
+  /** What `which` shows: the versions of a user's reads and writes on a route, and why. Not for the hot path. */
+  explain (state: RoutingState, key: string | undefined, route: Route = DEFAULT_ROUTE): Explanation {
+    const read = this.decide(state, key, 'read', route)
+    const write = this.decide(state, key, 'write', route)
+    const writes = writeThreshold(state)
+    return {
+      route: route.name,
+      bucket: key === undefined ? -1 : this.bucketOf(key),
+      readThreshold: readThreshold(state, route, writes),
+      writeThreshold: writes,
+      reads: { version: read.version, why: read.why },
+      writes: { version: write.version, why: write.why }
+    }
+  }
+}
+
+export interface Explanation {
+  route: string
+  /** The user's bucket (computed even where an override decided), or -1 when anonymous. */
+  bucket: number
+  readThreshold: number
+  writeThreshold: number
+  reads: { version: Version, why: Why }
+  writes: { version: Version, why: Why }
+}
+
+/** round(min(write_percent, percent) × 100): a user below it is migrated for writes, on every route. */
+export function writeThreshold (state: RoutingState): number {
+  const percent = thresholdOf(state.percent)
+  const write = state.writePercent === undefined ? percent : thresholdOf(state.writePercent)
+  return write < percent ? write : percent
+}
+
+/** round(percent × 100) with the route's own dial in place of `percent`, never below the write threshold. */
+export function readThreshold (state: RoutingState, route: Route, writes: number = writeThreshold(state)): number {
+  const dial = route.index === -1 ? undefined : state.routePercent?.get(route.name)
+  const reads = thresholdOf(dial ?? state.percent)
+  return reads > writes ? reads : writes
 }

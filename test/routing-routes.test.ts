@@ -53,8 +53,8 @@ test('legacy and migrated routes send everyone, without a hash; a rollback still
   const everyone = state(100, { allow: new Set(['tester']) })
   for (const key of ['tester', 'user-1', undefined]) {
     for (const cls of ['read', 'write'] as const) {
-      assert.deepEqual(router.decide(everyone, key, cls, table.match('GET', '/static/x')), { version: 'legacy', why: 'route', bucket: -1, split: false })
-      assert.deepEqual(router.decide(state(0), key, cls, table.match('GET', '/v2/orders')), { version: 'migrated', why: 'route', bucket: -1, split: false })
+      assert.deepEqual(router.decide(everyone, key, cls, table.match('GET', '/static/x')), { version: 'legacy', why: 'route', bucket: -1 })
+      assert.deepEqual(router.decide(state(0), key, cls, table.match('GET', '/v2/orders')), { version: 'migrated', why: 'route', bucket: -1 })
       assert.equal(router.decide(state(0, { rolledBack: true }), key, cls, table.match('GET', '/v2/orders')).version, 'legacy')
     }
   }
@@ -65,10 +65,10 @@ test('reads follow percent, writes follow min(write_percent, percent); both coho
   const both = keyWithBucketIn(0, 500)
   const split = keyWithBucketIn(500, 5000)
   const neither = keyWithBucketIn(5000, 10_000)
-  assert.deepEqual(router.decide(dials, both, 'read'), { version: 'migrated', why: 'bucket', bucket: router.bucketOf(both), split: false })
+  assert.deepEqual(router.decide(dials, both, 'read'), { version: 'migrated', why: 'bucket', bucket: router.bucketOf(both) })
   assert.equal(router.decide(dials, both, 'write').version, 'migrated')
-  assert.deepEqual(router.decide(dials, split, 'read'), { version: 'migrated', why: 'bucket', bucket: router.bucketOf(split), split: true })
-  assert.deepEqual(router.decide(dials, split, 'write'), { version: 'legacy', why: 'write_dial', bucket: router.bucketOf(split), split: true })
+  assert.deepEqual(router.decide(dials, split, 'read'), { version: 'migrated', why: 'bucket', bucket: router.bucketOf(split) })
+  assert.deepEqual(router.decide(dials, split, 'write'), { version: 'legacy', why: 'write_dial', bucket: router.bucketOf(split) })
   assert.equal(router.decide(dials, split, 'read', DEFAULT_ROUTE, true).why, 'read_your_writes')
   assert.equal(router.decide(dials, split, 'read', DEFAULT_ROUTE, true).version, 'legacy')
   assert.equal(router.decide(dials, neither, 'read').version, 'legacy')
@@ -85,7 +85,7 @@ test('rollback, deny and allow apply to reads and writes alike', () => {
   for (const cls of ['read', 'write'] as const) {
     assert.equal(router.decide(dials, 'vip', cls).why, 'deny')
     assert.equal(router.decide(dials, 'tester', cls).why, 'deny')
-    assert.deepEqual(router.decide(state(0, { writePercent: 0, allow: new Set(['tester']) }), 'tester', cls), { version: 'migrated', why: 'allow', bucket: -1, split: false })
+    assert.deepEqual(router.decide(state(0, { writePercent: 0, allow: new Set(['tester']) }), 'tester', cls), { version: 'migrated', why: 'allow', bucket: -1 })
     assert.equal(router.decide(state(100, { rolledBack: true, allow: new Set(['tester']) }), 'tester', cls).why, 'rolled_back')
   }
 })

@@ -19,11 +19,6 @@ export interface Decision {
   why: Why
   /** 0..9999, or -1 where the bucket did not matter and was not computed. */
   bucket: number
-  /**
-   * True for the split cohort: on this route the user's reads are migrated and their writes legacy, so a read
-   * after their own write must go to legacy (read your writes).
-   */
-  split: boolean
 }
 
 /** The part of the rollout state that routing reads: one immutable snapshot, swapped whole. */
@@ -82,24 +77,25 @@ export class Router {
    * which sends a read of the split cohort to legacy.
    */
   decide (state: RoutingState, key: string | undefined, cls: RequestClass = 'read', route: Route = DEFAULT_ROUTE, recentWrite = false): Decision {
-    if (route.mode === 'legacy') return { version: 'legacy', why: 'route', bucket: -1, split: false }
-    if (state.rolledBack) return { version: 'legacy', why: 'rolled_back', bucket: -1, split: false }
-    if (route.mode === 'migrated') return { version: 'migrated', why: 'route', bucket: -1, split: false }
+    if (route.mode === 'legacy') return { version: 'legacy', why: 'route', bucket: -1 }
+    if (state.rolledBack) return { version: 'legacy', why: 'rolled_back', bucket: -1 }
+    if (route.mode === 'migrated') return { version: 'migrated', why: 'route', bucket: -1 }
     const writes = writeThreshold(state)
     const reads = readThreshold(state, route, writes)
     if (key === undefined) {
       const migrated = this.#policy.anonymous === 'migrated' && (cls === 'read' ? reads : writes) > 0
-      return { version: migrated ? 'migrated' : 'legacy', why: 'anonymous', bucket: -1, split: false }
+      return { version: migrated ? 'migrated' : 'legacy', why: 'anonymous', bucket: -1 }
     }
-    if (state.deny.has(key)) return { version: 'legacy', why: 'deny', bucket: -1, split: false }
-    if (state.allow.has(key)) return { version: 'migrated', why: 'allow', bucket: -1, split: false }
+    if (state.deny.has(key)) return { version: 'legacy', why: 'deny', bucket: -1 }
+    if (state.allow.has(key)) return { version: 'migrated', why: 'allow', bucket: -1 }
     const bucket = this.bucketOf(key)
-    if (bucket < writes) return { version: 'migrated', why: 'bucket', bucket, split: false }
-    if (bucket >= reads) return { version: 'legacy', why: 'bucket', bucket, split: false }
-    // The split cohort: reads on migrated, writes on legacy.
-    if (cls === 'write') return { version: 'legacy', why: 'write_dial', bucket, split: true }
-    if (recentWrite) return { version: 'legacy', why: 'read_your_writes', bucket, split: true }
-    return { version: 'migrated', why: 'bucket', bucket, split: true }
+    if (bucket < writes) return { version: 'migrated', why: 'bucket', bucket }
+    if (bucket >= reads) return { version: 'legacy', why: 'bucket', bucket }
+    // The split cohort: reads on migrated, writes on legacy. Its writes say `write_dial`, which is how the
+    // proxy knows to record them for read your writes.
+    if (cls === 'write') return { version: 'legacy', why: 'write_dial', bucket }
+    if (recentWrite) return { version: 'legacy', why: 'read_your_writes', bucket }
+    return { version: 'migrated', why: 'bucket', bucket }
   }
 
   /** What `which` shows: the versions of a user's reads and writes on a route, and why. Not for the hot path. */

@@ -165,3 +165,13 @@ test('route globs that no normalised path could match, and duplicate names, are 
   assert.throws(() => new RouteTable([{ name: 'a', path: '/a', mode: 'split' }, { name: 'a', path: '/b', mode: 'split' }]), /used twice/)
   assert.throws(() => new RouteTable([{ name: 'default', path: '/a', mode: 'split' }]), /reserved/)
 })
+
+test('a decision is a shared, frozen value: deciding again for the same bucket returns the same one', () => {
+  const dials = state(50, { writePercent: 5 })
+  const key = keyWithBucketIn(500, 5000)
+  const first = router.decide(dials, key, 'write')
+  assert.equal(router.decide(dials, key, 'write'), first)
+  assert.ok(Object.isFrozen(first))
+  assert.ok(Object.isFrozen(router.decide(dials, undefined)))
+  assert.notEqual(router.decide(dials, key, 'read'), first)
+})

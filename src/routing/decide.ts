@@ -1,4 +1,4 @@
-import { hashBucket, tailBucket, thresholdOf } from './bucket.ts'
+import { BUCKETS, hashBucket, tailBucket, thresholdOf } from './bucket.ts'
 import { DEFAULT_ROUTE, type RequestClass, type Route } from './routes.ts'
 import { MAX_KEY_BYTES } from './user-key.ts'
 
@@ -40,13 +40,40 @@ export interface RoutingPolicy {
   anonymous: Version
 }
 
-/** Chooses the version of one request. Pure and synchronous: the hot path never waits on anything. */
+/** The decisions that need no bucket: one frozen value each, shared by every request. */
+const FIXED = {
+  routeLegacy: fixed('legacy', 'route'),
+  routeMigrated: fixed('migrated', 'route'),
+  rolledBack: fixed('legacy', 'rolled_back'),
+  anonymousLegacy: fixed('legacy', 'anonymous'),
+  anonymousMigrated: fixed('migrated', 'anonymous'),
+  deny: fixed('legacy', 'deny'),
+  allow: fixed('migrated', 'allow')
+}
+
+function fixed (version: Version, why: Why): Decision {
+  return Object.freeze({ version, why, bucket: -1 })
+}
+
+/** The kinds of decision that carry a bucket, each interned per bucket (see Router.#byBucket). */
+const BUCKET_KINDS = [['migrated', 'bucket'], ['legacy', 'bucket'], ['legacy', 'write_dial'], ['legacy', 'read_your_writes']] as const
+const MIGRATED = 0
+const LEGACY = 1
+const WRITE_DIAL = 2
+const READ_YOUR_WRITES = 3
+
+/**
+ * Chooses the version of one request. Pure and synchronous: the hot path never waits on anything. A decision
+ * is an immutable value, and there are few of them (a kind and a bucket), so each is made once and shared:
+ * deciding allocates nothing.
+ */
 export class Router {
   readonly #policy: RoutingPolicy
   readonly #saltBytes: number
   readonly #scratch: Buffer
   /** One view of the scratch buffer per key length, so hashing allocates nothing. */
   readonly #views: Buffer[] = []
+  readonly #interned: Array<Array<Decision | undefined>> = BUCKET_KINDS.map(() => new Array<Decision | undefined>(BUCKETS).fill(undefined))
 
   constructor (policy: RoutingPolicy) {
     this.#policy = policy
@@ -73,29 +100,38 @@ export class Router {
    * replaces `percent`. Writes are migrated when bucket < round(min(write_percent, percent) × 100), on every
    * route alike, so one user's writes all land on one side. A route dial below that write threshold does not
    * hold back the reads of users whose writes are already migrated: whoever writes to migrated also reads from
-   * it, on every route. `recentWrite`: the user wrote within the read-your-writes window (readyourwrites.ts),
+   * it, on every route. `recentWrite`: the user wrote within the read-your-writes window (read-your-writes.ts),
    * which sends a read of the split cohort to legacy.
    */
   decide (state: RoutingState, key: string | undefined, cls: RequestClass = 'read', route: Route = DEFAULT_ROUTE, recentWrite = false): Decision {
-    if (route.mode === 'legacy') return { version: 'legacy', why: 'route', bucket: -1 }
-    if (state.rolledBack) return { version: 'legacy', why: 'rolled_back', bucket: -1 }
-    if (route.mode === 'migrated') return { version: 'migrated', why: 'route', bucket: -1 }
+    if (route.mode === 'legacy') return FIXED.routeLegacy
+    if (state.rolledBack) return FIXED.rolledBack
+    if (route.mode === 'migrated') return FIXED.routeMigrated
     const writes = writeThreshold(state)
     const reads = readThreshold(state, route, writes)
     if (key === undefined) {
       const migrated = this.#policy.anonymous === 'migrated' && (cls === 'read' ? reads : writes) > 0
-      return { version: migrated ? 'migrated' : 'legacy', why: 'anonymous', bucket: -1 }
+      return migrated ? FIXED.anonymousMigrated : FIXED.anonymousLegacy
     }
-    if (state.deny.has(key)) return { version: 'legacy', why: 'deny', bucket: -1 }
-    if (state.allow.has(key)) return { version: 'migrated', why: 'allow', bucket: -1 }
+    if (state.deny.has(key)) return FIXED.deny
+    if (state.allow.has(key)) return FIXED.allow
     const bucket = this.bucketOf(key)
-    if (bucket < writes) return { version: 'migrated', why: 'bucket', bucket }
-    if (bucket >= reads) return { version: 'legacy', why: 'bucket', bucket }
+    if (bucket < writes) return this.#byBucket(MIGRATED, bucket)
+    if (bucket >= reads) return this.#byBucket(LEGACY, bucket)
     // The split cohort: reads on migrated, writes on legacy. Its writes say `write_dial`, which is how the
     // proxy knows to record them for read your writes.
-    if (cls === 'write') return { version: 'legacy', why: 'write_dial', bucket }
-    if (recentWrite) return { version: 'legacy', why: 'read_your_writes', bucket }
-    return { version: 'migrated', why: 'bucket', bucket }
+    if (cls === 'write') return this.#byBucket(WRITE_DIAL, bucket)
+    return this.#byBucket(recentWrite ? READ_YOUR_WRITES : MIGRATED, bucket)
+  }
+
+  #byBucket (kind: number, bucket: number): Decision {
+    const interned = this.#interned[kind] as Array<Decision | undefined>
+    const found = interned[bucket]
+    if (found !== undefined) return found
+    const [version, why] = BUCKET_KINDS[kind] as (typeof BUCKET_KINDS)[number]
+    const decision: Decision = Object.freeze({ version, why, bucket })
+    interned[bucket] = decision
+    return decision
   }
 
   /** What `which` shows: the versions of a user's reads and writes on a route, and why. Not for the hot path. */

@@ -7,7 +7,7 @@ import { Registry } from 'prom-client'
 import { parseHostPort, type Config } from './config.ts'
 import { BadRequestError } from './errors.ts'
 import { Metrics } from './metrics.ts'
-import { Router } from './routing/decide.ts'
+import { routerFor } from './routing/configured.ts'
 import { UserKeyReader } from './routing/user-key.ts'
 import { RolloutKeys } from './rollout/keys.ts'
 import { connectRedis, type RedisClient } from './rollout/redis.ts'
@@ -16,12 +16,16 @@ import { RolloutSync } from './rollout/sync.ts'
 import { TrafficWindow } from './traffic/window.ts'
 import { createPools, closePools } from './proxy/pools.ts'
 import { createForwarder, sendError } from './proxy/forward.ts'
+import type { AdminOptions } from './admin/options.ts'
 import { adminRoutes } from './admin/routes.ts'
-import { createGuards, type Guards } from './guards/index.ts'
+import { closeAll, Listeners } from './background.ts'
+import { RolloutControl } from './control/commands.ts'
+import { auditHandChanges } from './control/hand-changes.ts'
+import { Notifier } from './control/notify.ts'
+import { createGuards } from './guards/index.ts'
 import { Heartbeat } from './fleet/heartbeat.ts'
-import { auditHandChanges } from './fleet/hand-changes.ts'
 import { ScheduleRunner, runnerTimings } from './schedule/runner.ts'
-import { ScheduleStore } from './schedule/store.ts'
+import { ScheduleStore } from './rollout/schedule-store.ts'
 import { restartBakeOnDryRun } from './schedule/alarms.ts'
 
 /** What the outside world provides; tests pass their own, production lets buildApp create them. */
@@ -33,19 +37,10 @@ export interface AppDeps {
   now?: () => number
 }
 
-export interface App {
-  config: Config
-  instanceId: string
+/** The parts of a running dbshift: those the admin routes see, and the servers and background work around them. */
+export interface App extends Omit<AdminOptions, 'now' | 'schedules' | 'heartbeat'> {
   proxy: FastifyInstance
   admin: FastifyInstance
-  sync: RolloutSync
-  store: RolloutStore
-  metrics: Metrics
-  registry: Registry
-  traffic: TrafficWindow
-  router: Router
-  redis: RedisClient
-  guards: Guards
   heartbeat: Heartbeat
   schedules: ScheduleStore
   scheduleRunner: ScheduleRunner
@@ -67,16 +62,19 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const redisOptions = { commandTimeoutMs: config.redis.commandTimeoutMs, connectionName: `dbshift:${instanceId}` }
   const redis = deps.redis ?? connectRedis(config.redis.url, redisOptions)
   const subscriber = deps.subscriber ?? connectRedis(config.redis.url, { ...redisOptions, subscriber: true })
-  watchRedis(redis, metrics, log)
-  subscriber.on('error', () => {}) // reported through the control connection; ioredis needs a listener
+  const listeners = new Listeners()
+  watchRedis(redis, metrics, log, listeners)
+  // Reported through the control connection; ioredis needs a listener, or an error would end the process.
+  listeners.on(subscriber, 'error', (err: Error) => { log.debug({ err }, 'Redis subscriber connection error') })
 
-  const store = new RolloutStore(redis, keys, { initialPercent: config.rollout.initialPercent, now })
+  const store = new RolloutStore(redis, keys, { initialPercent: config.rollout.initialPercent })
   const sync = new RolloutSync(store, redis, subscriber, {
     initialPercent: config.rollout.initialPercent,
     pollIntervalMs: config.redis.pollIntervalMs,
     fullSyncIntervalMs: config.redis.fullSyncIntervalMs,
     startupWaitMs: config.redis.commandTimeoutMs,
-    now
+    now,
+    failures: metrics.backgroundErrors.labels('rollout_poll')
   }, log)
   metrics.rolloutPercent.set(sync.current.percent)
   sync.on('change', (next, previous) => {
@@ -90,16 +88,18 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   })
 
   const traffic = new TrafficWindow({ now })
-  const router = new Router({ strategy: config.rollout.strategy, salt: config.rollout.salt ?? config.rollout.name, anonymous: config.rollout.anonymous })
+  const router = routerFor(config.rollout)
   const pools = createPools(config)
-  const guards = createGuards({ config, instanceId, sync, store, redis, traffic, metrics, log, now })
-  const heartbeat = new Heartbeat({ instanceId, redis, keys, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log })
-  const schedules = new ScheduleStore(redis, keys, now)
-  const scheduleRunner = new ScheduleRunner({ instanceId, store, schedules, redis, initialPercent: config.rollout.initialPercent, ...runnerTimings(config.redis.pollIntervalMs), now, log })
-  sync.on('change', () => { scheduleRunner.kick() }) // a trip aborts the schedule at once
-  sync.on('announced', () => { scheduleRunner.kick() }) // a schedule started or changed is taken up at once
-  const stopHandAudit = auditHandChanges({ sync, store, redis, instanceId, log })
-  const stopDryRunHold = restartBakeOnDryRun(guards.events, schedules, instanceId, log)
+  const schedules = new ScheduleStore(redis, keys)
+  const notifier = new Notifier({ ...config.notify, rollout: config.rollout.name, log, failures: metrics.backgroundErrors.labels('notify') })
+  const control = new RolloutControl({ redis, store, schedules, initialPercent: config.rollout.initialPercent, log, now, sync, metrics, notifier })
+  const guards = createGuards({ config, instanceId, sync, store, control, redis, traffic, metrics, log, now })
+  const heartbeat = new Heartbeat({ instanceId, redis, control, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log, failures: metrics.backgroundErrors.labels('heartbeat') })
+  const scheduleRunner = new ScheduleRunner({ instanceId, store, schedules, control, redis, ...runnerTimings(config.redis.pollIntervalMs), now, log, failures: metrics.backgroundErrors.labels('schedule') })
+  listeners.on(sync, 'change', () => { scheduleRunner.checkNow() }) // a trip aborts the schedule at once
+  listeners.on(sync, 'eventReceived', () => { scheduleRunner.checkNow() }) // a schedule started or changed is taken up at once
+  const stopHandAudit = auditHandChanges({ sync, store, control, instanceId, log })
+  const stopDryRunHold = restartBakeOnDryRun(guards.events, control, instanceId, log)
   const forward = createForwarder({
     router,
     keyReader: new UserKeyReader(config.identity.header, config.identity.cookie),
@@ -145,8 +145,9 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   // An unknown field or a value of the wrong type in an admin body is refused (400), never dropped or converted;
   // multipleOf is checked with a tolerance so that 33.33 is a multiple of 0.01 despite binary floating point.
   const adminAjv = { customOptions: { removeAdditional: false, coerceTypes: false, multipleOfPrecision: 6 } } as const
-  const admin = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 16_384, ajv: adminAjv })
-  await admin.register(adminRoutes, { config, instanceId, sync, store, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, now })
+  // Path parameters up to a user key of 256 bytes, percent-encoded (3 characters a byte), and some room.
+  const admin = Fastify({ loggerInstance: log as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), bodyLimit: 16_384, ajv: adminAjv, routerOptions: { maxParamLength: 1_024 } })
+  await admin.register(adminRoutes, { config, instanceId, sync, store, control, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, now })
 
   let closing: Promise<void> | undefined
   let draining = false
@@ -157,6 +158,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     admin,
     sync,
     store,
+    control,
     metrics,
     registry,
     traffic,
@@ -183,18 +185,27 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
         if (options.noticeMs !== undefined) await new Promise((resolve) => setTimeout(resolve, options.noticeMs))
         // An answer that was already under way when the drain began leaves its connection idle: close those too.
         const idle = setInterval(() => proxy.server.closeIdleConnections(), 250).unref()
-        await Promise.all([proxy.close(), admin.close()]).finally(() => clearInterval(idle))
-        await guards.close()
-        await scheduleRunner.close()
-        await heartbeat.close()
-        stopHandAudit()
-        stopDryRunHold()
-        await sync.close()
-        await closePools(pools)
-        if (ownsRedis) {
-          redis.disconnect()
-          subscriber.disconnect()
-        }
+        // Every step runs even when an earlier one fails; the failures are reported together at the end.
+        await closeAll([
+          ['the proxy and admin servers', async () => await Promise.all([proxy.close(), admin.close()]).finally(() => clearInterval(idle))],
+          ['the guards', async () => { await guards.close() }],
+          ['the ramp schedule runner', async () => { await scheduleRunner.close() }],
+          ['the heartbeat', async () => { await heartbeat.close() }],
+          ['the change listeners', () => {
+            stopHandAudit()
+            stopDryRunHold()
+          }],
+          ['the rollout sync', async () => { await sync.close() }],
+          ['the notifications under way', async () => { await notifier.flush() }],
+          ['the upstream pools', async () => { await closePools(pools) }],
+          ['the Redis connections', () => {
+            if (!ownsRedis) return
+            redis.disconnect()
+            subscriber.disconnect()
+          }],
+          // Last: the error listeners stay while the connections close (ioredis wants one for every error).
+          ['the Redis and rollout listeners', () => { listeners.removeAll() }]
+        ], log)
       })()
       await closing
     }
@@ -218,20 +229,20 @@ function proxyServer (config: Config, handler: Parameters<typeof createServer>[1
 }
 
 /** Keeps dbshift_redis_up true to the connection, and logs each loss of Redis once, not per retry. */
-function watchRedis (redis: RedisClient, metrics: Metrics, log: Logger): void {
+function watchRedis (redis: RedisClient, metrics: Metrics, log: Logger, listeners: Listeners): void {
   let up = false
-  redis.on('ready', () => {
+  listeners.on(redis, 'ready', () => {
     if (!up) log.info('connected to Redis')
     up = true
     metrics.redisUp.set(1)
   })
-  redis.on('close', () => {
+  listeners.on(redis, 'close', () => {
     if (up) log.warn('lost the connection to Redis; routing on the last valid state and reconnecting')
     up = false
     metrics.redisUp.set(0)
   })
   let warnedAtStart = false
-  redis.on('error', (err: Error) => {
+  listeners.on(redis, 'error', (err: Error) => {
     if (up) log.warn({ err }, 'Redis error')
     else if (!warnedAtStart) log.warn({ err }, 'Redis is unreachable; routing on the last valid state (or the initial one) and retrying in the background')
     warnedAtStart = true

@@ -75,6 +75,11 @@ export const ConfigSchema = Type.Object({
     level: Enum(LEVELS, 'info'),
     requests: Enum(LEVELS, 'silent')
   }, { additionalProperties: false, default: {} }),
+  notify: Type.Object({
+    webhookUrl: Type.Optional(Type.String({ pattern: '^https?://' })),
+    timeoutMs: Millis(5_000),
+    retries: Type.Integer({ minimum: 0, maximum: 10, default: 3 })
+  }, { additionalProperties: false, default: {} }),
   guards: Type.Object({
     signalPollIntervalMs: Millis(5_000, 100),
     l1: Guard({

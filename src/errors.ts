@@ -7,6 +7,7 @@ type Cause = { cause?: unknown }
 export const ERROR_CODES = [
   'DBSHIFT_ERR_CONFIG',
   'DBSHIFT_ERR_BAD_REQUEST',
+  'DBSHIFT_ERR_NOT_FOUND',
   'DBSHIFT_ERR_URI_TOO_LONG',
   'DBSHIFT_ERR_UPSTREAM_UNAVAILABLE',
   'DBSHIFT_ERR_UPSTREAM_TIMEOUT',
@@ -18,6 +19,7 @@ export const ERROR_CODES = [
   'DBSHIFT_ERR_RAMP_FROZEN',
   'DBSHIFT_ERR_INVALID_VALUE',
   'DBSHIFT_ERR_CONFLICT',
+  'DBSHIFT_ERR_NO_INSTANCES',
   'DBSHIFT_ERR_WORKERS_UNAVAILABLE'
 ] as const
 
@@ -28,6 +30,9 @@ export const ConfigError = createError<'DBSHIFT_ERR_CONFIG', [string, Cause?]>('
 
 /** The request itself is malformed (for example two Host headers) and is not forwarded. */
 export const BadRequestError = createError<'DBSHIFT_ERR_BAD_REQUEST', 400, [string, Cause?]>('DBSHIFT_ERR_BAD_REQUEST', '%s', 400)
+
+/** The admin port has no such route. */
+export const NotFoundError = createError<'DBSHIFT_ERR_NOT_FOUND', 404, [string, Cause?]>('DBSHIFT_ERR_NOT_FOUND', 'no such admin route: %s', 404)
 
 /** The request target is longer than server.maxUrlBytes. */
 export const UriTooLongError = createError<'DBSHIFT_ERR_URI_TOO_LONG', 414, [Cause?]>('DBSHIFT_ERR_URI_TOO_LONG', 'the request target is too long', 414)
@@ -64,6 +69,9 @@ export const InvalidValueError = createError<'DBSHIFT_ERR_INVALID_VALUE', 400, [
 
 /** A change that does not fit the rollout's state: a ramp while one is active, or while rolled back. */
 export const ConflictError = createError<'DBSHIFT_ERR_CONFLICT', 409, [string, Cause?]>('DBSHIFT_ERR_CONFLICT', '%s', 409)
+
+/** A change with the `dbshift` command to a rollout that no live instance follows (a typo, most likely). */
+export const NoInstancesError = createError<'DBSHIFT_ERR_NO_INSTANCES', 409, [string, Cause?]>('DBSHIFT_ERR_NO_INSTANCES', '%s', 409)
 
 /** With `workers` > 1: no worker could answer an admin request relayed by the primary. */
 export const WorkersUnavailableError = createError<'DBSHIFT_ERR_WORKERS_UNAVAILABLE', 503, [string, Cause?]>(

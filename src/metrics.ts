@@ -9,6 +9,10 @@ export type UpstreamErrorReason = typeof UPSTREAM_ERROR_REASONS[number]
 export const GUARD_LEVELS = ['L1', 'L2', 'L3', 'manual'] as const
 export type GuardLevel = typeof GUARD_LEVELS[number]
 
+/** The background work of an instance: the `task` label of dbshift_background_errors_total. */
+export const BACKGROUND_TASKS = ['rollout_poll', 'heartbeat', 'l1_evaluation', 'signal_poll', 'l2_prometheus', 'schedule', 'notify'] as const
+export type BackgroundTask = typeof BACKGROUND_TASKS[number]
+
 export const SHADOW_RESULTS = ['match', 'mismatch', 'error', 'skipped'] as const
 export type ShadowResult = typeof SHADOW_RESULTS[number]
 
@@ -62,6 +66,7 @@ export class Metrics {
   readonly shadow: Counter<'result'>
   readonly l2Paused: Gauge
   readonly guardDryRuns: Counter<'level'>
+  readonly backgroundErrors: Counter<'task'>
   readonly routeRequests: Counter<'route' | 'version' | 'class'>
 
   /**
@@ -102,6 +107,7 @@ export class Metrics {
     this.redisUp = new Gauge({ name: 'dbshift_redis_up', help: '1 while Redis is reachable from this instance, else 0.', registers, aggregator: 'min' })
     this.shadow = new Counter({ name: 'dbshift_shadow_total', help: 'Shadow comparisons between versions, by result.', labelNames: ['result'], registers })
     this.l2Paused = new Gauge({ name: 'dbshift_l2_paused', help: '1 while the L2 guard pauses the new-feature routes and freezes the ramp, else 0.', registers, aggregator: 'max' })
+    this.backgroundErrors = new Counter({ name: 'dbshift_background_errors_total', help: 'Failed runs of background work (polls, heartbeats, guard evaluations, the schedule runner, notifications), by task.', labelNames: ['task'], registers })
     this.guardDryRuns = new Counter({ name: 'dbshift_guard_dry_run_trips_total', help: 'Trips a guard in dry-run mode would have made (logged, not acted on), by level.', labelNames: ['level'], registers })
     this.#routeNames = [DEFAULT_ROUTE_NAME, ...(options.routes ?? [])]
     this.#pendingRoutes = new Float64Array(this.#routeNames.length * VERSIONS.length * REQUEST_CLASSES.length)
@@ -121,6 +127,7 @@ export class Metrics {
     for (const level of GUARD_LEVELS) this.guardTrips.labels(level).inc(0)
     for (const level of GUARD_LEVELS) if (level !== 'manual') this.guardDryRuns.labels(level).inc(0)
     for (const result of SHADOW_RESULTS) this.shadow.labels(result).inc(0)
+    for (const task of BACKGROUND_TASKS) this.backgroundErrors.labels(task).inc(0)
     for (const route of this.#routeNames) for (const version of VERSIONS) for (const cls of REQUEST_CLASSES) this.routeRequests.labels(route, version, cls).inc(0)
     this.rolloutPercent.set(0)
     this.rolledBack.set(0)

@@ -130,7 +130,7 @@ test('Redis stopped and restarted under traffic: no failed request, routing unch
   // Caught up: a plain SET and a change announced on the channel both arrive.
   await redis.client.set('dbshift:{default}:percent', '100')
   await untilRollout(app, (s) => s.percent === 100)
-  await app.store.setPercent(20, { by: 'test', source: 'cli' })
+  await app.control.setPercent(20, { by: 'test', source: 'cli' })
   await untilRollout(app, (s) => s.percent === 20, 1_000)
 })
 

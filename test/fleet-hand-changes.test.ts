@@ -62,7 +62,7 @@ test('the audit trail holds every change from every source: cli, api, guard, sch
   const ramp = await fetch(`${adminUrl}/schedule`, { method: 'POST', headers, body: JSON.stringify({ steps: [15, '50:48h'], bake: '1h' }) })
   assert.equal(ramp.status, 201)
   await untilRollout(app, (s) => s.percent === 15)
-  await app.sync.rollbackLocally({ level: 'L1', reason: 'error rate', at: new Date().toISOString(), by: 'pod-a' }, { by: 'pod-a', source: 'guard' })
+  await app.control.rollback({ level: 'L1', reason: 'error rate' }, { by: 'pod-a', source: 'guard' })
   assert.equal((await fetch(`${adminUrl}/resume`, { method: 'POST', headers })).status, 200)
   await untilRollout(app, (s) => !s.rolledBack)
   await redis.client.set('dbshift:{default}:percent', '12')

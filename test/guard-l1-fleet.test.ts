@@ -183,7 +183,7 @@ test('a resume re-arms L1, and the failures that caused the trip do not trip it 
   assert.equal((await getAs(proxy.url, 'user-1')).version, 'legacy', 'it stays rolled back: nothing re-arms it but an operator')
 
   migrated.fail = false
-  assert.equal(await proxy.app.store.resume({ by: 'on-call', source: 'cli' }, 'fixed the index'), true)
+  assert.equal((await proxy.app.control.resume({ by: 'on-call', source: 'cli' }, 'fixed the index')).status, 'ok')
   await untilRollout(proxy.app, (s) => !s.rolledBack)
   assert.equal(await redis.client.exists(`dbshift:{${ROLLOUT}}:trip`), 0)
   // Healthy traffic after the resume; the 60 s window still holds the failures from before it.

@@ -58,8 +58,8 @@ test('through a redis+cluster:// URL dbshift routes, follows a plain SET and hea
   // A change through dbshift: one Lua script over the hash-tagged keys, audited, announced by pub/sub.
   const second = await startProxy(t, testConfig(cluster.url, legacy.url, migrated.url))
   await untilRollout(second.app, (s) => s.percent === 100)
-  const result = await app.store.setPercent(20, { by: 'cluster-test', source: 'api' })
-  assert.equal(result.applied, true)
+  const result = await app.control.setPercent(20, { by: 'cluster-test', source: 'api' })
+  assert.equal(result.status, 'ok')
   await untilRollout(second.app, (s) => s.percent === 20)
   assert.equal((await getAs(second.url, 'alice')).version, 'migrated') // bucket 698 < 2000
   assert.equal((await getAs(second.url, 'bob')).version, 'legacy') // bucket 7528

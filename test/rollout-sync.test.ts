@@ -17,7 +17,7 @@ test('three instances on one Redis all switch after one change, pushed or set by
   assert.ok(first !== undefined)
 
   // Through dbshift: the store's script publishes an event, every instance re-reads at once.
-  await first.app.store.setPercent(40, { by: 'test', source: 'api' })
+  await first.app.control.setPercent(40, { by: 'test', source: 'api' })
   await Promise.all(proxies.map(async (p) => await untilRollout(p.app, (s) => s.percent === 40)))
   // By hand: the poll notices.
   await redis.client.set('dbshift:{default}:percent', '100')
@@ -138,7 +138,7 @@ test('a change pushed through dbshift arrives by pub/sub alone, and again after 
   const writer = await startProxy(t, testConfig(redis.url, legacy.url, migrated.url, slowPoll))
   const follower = await startProxy(t, testConfig(redis.url, legacy.url, migrated.url, slowPoll))
 
-  await writer.app.store.setPercent(15, { by: 'test', source: 'api' })
+  await writer.app.control.setPercent(15, { by: 'test', source: 'api' })
   await untilRollout(follower.app, (s) => s.percent === 15)
 
   const resubscribed = new Promise<void>((resolve) => follower.app.sync.once('change', () => resolve()))
@@ -147,6 +147,6 @@ test('a change pushed through dbshift arrives by pub/sub alone, and again after 
   await resubscribed // the empty Redis is read on reconnect: back to the initial 0%
   assert.equal(follower.app.sync.current.percent, 0)
   if (writer.app.redis.status !== 'ready') await new Promise((resolve) => writer.app.redis.once('ready', resolve))
-  await writer.app.store.setPercent(45, { by: 'test', source: 'api' })
+  await writer.app.control.setPercent(45, { by: 'test', source: 'api' })
   await untilRollout(follower.app, (s) => s.percent === 45)
 })

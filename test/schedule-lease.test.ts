@@ -6,9 +6,12 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { buildApp } from '../src/app.ts'
+import { pino } from 'pino'
 import { RolloutKeys } from '../src/rollout/keys.ts'
-import { ScheduleStore } from '../src/schedule/store.ts'
-import { parseSteps, type RampStep } from '../src/schedule/schedule.ts'
+import { ScheduleStore } from '../src/rollout/schedule-store.ts'
+import { RolloutControl } from '../src/control/commands.ts'
+import { RolloutStore } from '../src/rollout/store.ts'
+import { parseSteps, type RampStep } from '../src/rollout/schedule.ts'
 import { captureLogs, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
 
 /** Polls Redis (another process's doing) until `check` holds, with a deadline. */
@@ -25,7 +28,9 @@ test('exactly one instance advances the schedule; when it dies, another takes th
   const [legacy, migrated] = await Promise.all([startUpstream(t, 'legacy'), startUpstream(t, 'migrated')])
   const keys = new RolloutKeys('dbshift', 'default')
   const steps = parseSteps(['1', '5', '20', '50'], '30m') as RampStep[]
-  await new ScheduleStore(redis.client, keys).start(steps, { by: 'alice', source: 'cli' })
+  const store = new RolloutStore(redis.client, keys)
+  await new RolloutControl({ redis: redis.client, store, schedules: new ScheduleStore(redis.client, keys), initialPercent: 0, log: pino({ level: 'silent' }) })
+    .startRamp(steps, { by: 'alice', source: 'cli' })
 
   // The first instance is a real dbshift process: it takes the lease and the first step.
   const dir = mkdtempSync(join(tmpdir(), 'dbshift-lease-'))

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { test, type TestContext } from 'node:test'
 import { buildApp, type App } from '../src/app.ts'
-import { parseSteps, type RampStep, type Schedule } from '../src/schedule/schedule.ts'
+import { parseSteps, type RampStep, type Schedule } from '../src/rollout/schedule.ts'
 import { captureLogs, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
 
 const MINUTE = 60_000
@@ -37,8 +37,8 @@ function steps (args: string[], bake: string): RampStep[] {
 test('a ramp advances through every step, each only after its bake (per-step bakes included), and every step is audited', async (t) => {
   const redis = await startRedis(t)
   const { app, clock } = await startClockedApp(t, redis.url, 'runner-1')
-  const { result } = await app.schedules.start(steps(['1', '5', '20:48h', '100'], '30m'), OPERATOR)
-  assert.equal(result, 'ok')
+  const { status } = await app.control.startRamp(steps(['1', '5', '20:48h', '100'], '30m'), OPERATOR)
+  assert.equal(status, 'ok')
 
   await untilRollout(app, (s) => s.percent === 1)
   clock.now += 29 * MINUTE
@@ -71,17 +71,17 @@ test('a ramp advances through every step, each only after its bake (per-step bak
 test('a freeze holds the ramp and restarts the bake; a guard trip aborts it and nothing advances afterwards', async (t) => {
   const redis = await startRedis(t)
   const { app, clock } = await startClockedApp(t, redis.url, 'runner-1')
-  await app.schedules.start(steps(['1', '5', '20'], '30m'), OPERATOR)
+  await app.control.startRamp(steps(['1', '5', '20'], '30m'), OPERATOR)
   await untilRollout(app, (s) => s.percent === 1)
 
   clock.now += 20 * MINUTE
-  await app.store.freeze('db load 0.91 for 3m', { by: 'guard-host', source: 'guard' })
+  await app.control.freeze('db load 0.91 for 3m', { by: 'guard-host', source: 'guard' })
   await untilSchedule(app, (s) => s.bakeFrom === null && /frozen by the L2 guard: db load 0.91/.test(s.note))
   clock.now += 60 * MINUTE
   await app.scheduleRunner.tick()
   assert.equal(await redis.client.get('dbshift:{default}:percent'), '1', 'held while frozen')
 
-  await app.store.unfreeze({ by: 'guard-host', source: 'guard' })
+  await app.control.unfreeze({ by: 'guard-host', source: 'guard' })
   const restarted = await untilSchedule(app, (s) => s.bakeFrom !== null)
   assert.equal(restarted.bakeFrom, clock.now, 'the bake starts again when the freeze ends')
   clock.now += 29 * MINUTE
@@ -90,10 +90,10 @@ test('a freeze holds the ramp and restarts the bake; a guard trip aborts it and 
   clock.now += MINUTE
   await untilRollout(app, (s) => s.percent === 5)
 
-  await app.sync.rollbackLocally({ level: 'L1', reason: 'migrated error rate 12% over 5m', at: new Date(clock.now).toISOString(), by: 'guard-host' }, { by: 'guard-host', source: 'guard' })
+  await app.control.rollback({ level: 'L1', reason: 'migrated error rate 12% over 5m' }, { by: 'guard-host', source: 'guard' })
   const aborted = await untilSchedule(app, (s) => s.status === 'aborted')
   assert.equal(aborted.note, 'rolled back (L1: migrated error rate 12% over 5m)')
-  await app.store.resume(OPERATOR)
+  await app.control.resume(OPERATOR)
   clock.now += 120 * MINUTE
   await app.scheduleRunner.tick()
   assert.equal(await redis.client.get('dbshift:{default}:percent'), '5', 'an aborted schedule takes no further step')
@@ -104,12 +104,12 @@ test('a freeze holds the ramp and restarts the bake; a guard trip aborts it and 
 test('a dial moved by hand pauses the schedule; continue goes on from the new dial without moving anyone back', async (t) => {
   const redis = await startRedis(t)
   const { app, clock } = await startClockedApp(t, redis.url, 'runner-1')
-  await app.schedules.start(steps(['1', '5', '20', '50'], '30m'), OPERATOR)
+  await app.control.startRamp(steps(['1', '5', '20', '50'], '30m'), OPERATOR)
   await untilRollout(app, (s) => s.percent === 1)
-  await app.store.setPercent(25, OPERATOR)
+  await app.control.setPercent(25, OPERATOR)
   const paused = await untilSchedule(app, (s) => s.status === 'paused')
   assert.match(paused.note, /the dial was moved to 25% outside the schedule \(it had set 1%\)/)
-  await app.schedules.control('continue', OPERATOR, '', 25)
+  await app.control.controlRamp('continue', OPERATOR)
   await untilSchedule(app, (s) => s.status === 'running' && s.bakeFrom !== null)
   clock.now += 30 * MINUTE
   await untilRollout(app, (s) => s.percent === 50)
@@ -120,7 +120,7 @@ test('a dial moved by hand pauses the schedule; continue goes on from the new di
 test('a guard in dry-run mode that would have tripped restarts the bake: the step waits for a whole healthy bake', async (t) => {
   const redis = await startRedis(t)
   const { app, clock } = await startClockedApp(t, redis.url, 'runner-1')
-  await app.schedules.start(steps(['1', '5'], '30m'), OPERATOR)
+  await app.control.startRamp(steps(['1', '5'], '30m'), OPERATOR)
   await untilRollout(app, (s) => s.percent === 1)
 
   clock.now += 25 * MINUTE

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { describePlan, parseDuration, parseSteps } from '../src/schedule/schedule.ts'
+import { describePlan, parseDuration, parseSteps } from '../src/rollout/schedule.ts'
 
 const H = 3_600_000
 

@@ -90,7 +90,7 @@ test('Sentinel failover under traffic: dbshift follows the new primary with no f
   await until('the new primary accepts writes', async () => await replica.client.set('dbshift:{default}:percent', '50') === 'OK')
   await replica.client.set('dbshift:{default}:percent', '100')
   await untilRollout(app, (s) => s.percent === 100, 20_000)
-  await app.store.setPercent(50, { by: 'test', source: 'cli' }) // and dbshift can write through it
+  await app.control.setPercent(50, { by: 'test', source: 'cli' }) // and dbshift can write through it
   await untilRollout(app, (s) => s.percent === 50, 5_000)
   assert.equal(await replica.client.get('dbshift:{default}:percent'), '50')
 

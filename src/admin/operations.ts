@@ -1,12 +1,12 @@
 import type { FastifyInstance, FastifyRequest, onRequestHookHandler } from 'fastify'
-import { ConflictError, InvalidValueError, RedisUnavailableError } from '../errors.ts'
-import { readFleet, type SharedDial } from '../fleet/fleet.ts'
-import { MAX_KEY_BYTES } from '../routing/user-key.ts'
+import type { Actor } from '../control/audit.ts'
+import { unwrap } from '../control/results.ts'
+import { InvalidValueError, RedisUnavailableError } from '../errors.ts'
+import { readFleet } from '../fleet/fleet.ts'
 import { isReady } from '../rollout/redis.ts'
-import type { Actor } from '../rollout/store.ts'
-import { describeProgress, parseSteps } from '../schedule/schedule.ts'
-import type { ScheduleStore } from '../schedule/store.ts'
-import type { AdminOptions } from './routes.ts'
+import { describeProgress, parseSteps } from '../rollout/schedule.ts'
+import type { ScheduleStore } from '../rollout/schedule-store.ts'
+import type { AdminOptions } from './options.ts'
 
 interface OperationOptions extends AdminOptions {
   schedules: ScheduleStore
@@ -16,28 +16,20 @@ interface OperationOptions extends AdminOptions {
 }
 
 const reasonBody = { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', maxLength: 512 } } }
-const userParams = { type: 'object', properties: { user: { type: 'string', minLength: 1, maxLength: MAX_KEY_BYTES } } }
 
 /** The fleet view, the audit trail, the override sets and the ramp schedule: what `dbshift` does, over HTTP. */
 export async function operationRoutes (app: FastifyInstance, options: OperationOptions): Promise<void> {
-  const { config, store, schedules, redis, change, identity, now } = options
+  const { store, control, schedules, redis, change, identity, now } = options
   const actor = (request: FastifyRequest): Actor => ({ by: identity(request), source: 'api' })
   const needRedis = (what: string): void => {
     if (!isReady(redis)) throw new RedisUnavailableError(`${what} needs Redis; try again when it is back`)
   }
-  const shared = async (): Promise<{ percent: number, state: string, dial: SharedDial }> => {
-    const { record, invalid } = await store.read()
-    const percent = record.percent ?? config.rollout.initialPercent
-    const state = record.state ?? 'active'
-    const bad = new Set(invalid.map((value) => value.key))
-    return { percent, state, dial: { percent: bad.has(store.keys.percent) ? undefined : percent, state: bad.has(store.keys.state) ? undefined : state } }
-  }
 
   app.get('/fleet', async () => {
     needRedis('the fleet view')
-    const { percent, state, dial } = await shared()
-    const instances = await readFleet(redis, store.keys, dial, now())
-    return { percent, state, instances, behind: instances.filter((m) => m.behind !== null).length }
+    const shared = await store.read()
+    const instances = await readFleet(redis, store.keys, shared, now())
+    return { percent: shared.percent, state: shared.state, instances, behind: instances.filter((m) => m.behind !== null).length }
   })
 
   app.get<{ Querystring: { count?: string } }>('/audit', {
@@ -53,14 +45,18 @@ export async function operationRoutes (app: FastifyInstance, options: OperationO
       needRedis(`the ${set}-set`)
       return { set, users: await store.listMembers(set) }
     })
-    app.put<{ Params: { user: string } }>(`/${set}/:user`, { ...change, schema: { params: userParams } }, async (request) => {
-      needRedis(`changing the ${set}-set`)
-      return { set, user: request.params.user, changed: await store.changeMember(set, 'add', request.params.user, actor(request)) }
-    })
-    app.delete<{ Params: { user: string } }>(`/${set}/:user`, { ...change, schema: { params: userParams } }, async (request) => {
-      needRedis(`changing the ${set}-set`)
-      return { set, user: request.params.user, changed: await store.changeMember(set, 'rm', request.params.user, actor(request)) }
-    })
+    for (const [method, op] of [['PUT', 'add'], ['DELETE', 'rm']] as const) {
+      // The key's rules (1 to 256 bytes) are the command layer's: a bad one is a 400 like any bad value.
+      app.route<{ Params: { user: string } }>({
+        method,
+        url: `/${set}/:user`,
+        ...change,
+        handler: async (request) => {
+          const result = unwrap(await control.changeMember(set, op, request.params.user, actor(request)))
+          return { set, user: result.user, changed: result.status === 'ok' }
+        }
+      })
+    }
   }
 
   app.get('/schedule', async () => {
@@ -82,23 +78,14 @@ export async function operationRoutes (app: FastifyInstance, options: OperationO
   }, async (request, reply) => {
     const steps = parseSteps(request.body.steps.map(String), request.body.bake ?? '30m')
     if (typeof steps === 'string') throw new InvalidValueError(steps)
-    needRedis('starting a ramp schedule')
-    const state = await shared()
-    if (state.state === 'rolled_back') throw new ConflictError('the rollout is rolled back: resume it before starting a ramp')
-    if ((steps.at(-1)?.percent ?? 0) <= state.percent) throw new ConflictError(`the dial is already at ${state.percent}%, at or above every step`)
-    const { result, schedule } = await schedules.start(steps, actor(request))
-    if (result !== 'ok') throw new ConflictError(`a ramp schedule is already active (${describeProgress(schedule, now())}); abort it first`)
+    const { schedule } = unwrap(await control.startRamp(steps, actor(request)))
     reply.code(201)
     return { schedule: { ...schedule, progress: describeProgress(schedule, now()) } }
   })
 
   for (const verb of ['pause', 'continue', 'abort'] as const) {
     app.post<{ Body: { reason?: string } | undefined }>(`/schedule/${verb}`, { ...change, schema: { body: reasonBody } }, async (request) => {
-      needRedis(`${verb === 'continue' ? 'continuing' : verb === 'pause' ? 'pausing' : 'aborting'} the ramp schedule`)
-      const state = verb === 'continue' ? await shared() : undefined
-      if (state?.state === 'rolled_back') throw new ConflictError('the rollout is rolled back: resume it first')
-      const schedule = await schedules.control(verb, actor(request), request.body?.reason ?? '', state?.percent)
-      if (schedule === undefined) throw new ConflictError('no ramp schedule is active')
+      const { schedule } = unwrap(await control.controlRamp(verb, actor(request), request.body?.reason ?? ''))
       return { schedule: { ...schedule, progress: describeProgress(schedule, now()) } }
     })
   }

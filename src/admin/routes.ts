@@ -1,42 +1,23 @@
 import type { FastifyInstance, FastifyError } from 'fastify'
-import type { Registry } from 'prom-client'
-import type { Config } from '../config.ts'
-import { BadRequestError, InvalidValueError, RampFrozenError, RedisUnavailableError } from '../errors.ts'
-import type { Metrics } from '../metrics.ts'
-import { VERSIONS, type Router } from '../routing/decide.ts'
-import { fromByteString, toByteString, MAX_KEY_BYTES } from '../routing/user-key.ts'
-import { isReady, type RedisClient } from '../rollout/redis.ts'
-import type { Actor, RolloutStore } from '../rollout/store.ts'
-import type { RolloutSync } from '../rollout/sync.ts'
-import type { TrafficWindow } from '../traffic/window.ts'
+import type { Actor } from '../control/audit.ts'
+import { unwrap } from '../control/results.ts'
+import { BadRequestError, InvalidValueError, NotFoundError } from '../errors.ts'
+import { VERSIONS } from '../routing/decide.ts'
+import { fromByteString, MAX_KEY_BYTES } from '../routing/user-key.ts'
+import { explain } from '../routing/configured.ts'
+import { isReady } from '../rollout/redis.ts'
 import { requireToken } from './auth.ts'
-import type { Guards } from '../guards/index.ts'
-import type { Heartbeat } from '../fleet/heartbeat.ts'
-import type { ScheduleStore } from '../schedule/store.ts'
+import type { AdminOptions } from './options.ts'
 import { operationRoutes } from './operations.ts'
 
-export interface AdminOptions {
-  config: Config
-  instanceId: string
-  sync: RolloutSync
-  store: RolloutStore
-  metrics: Metrics
-  registry: Registry
-  traffic: TrafficWindow
-  router: Router
-  redis: RedisClient
-  guards: Guards
-  schedules?: ScheduleStore
-  heartbeat?: Heartbeat
-  now: () => number
-}
+export type { AdminOptions } from './options.ts'
 
 /** The window /status reports rates over. */
 const STATUS_WINDOW_MS = 60_000
 
 /** Health, metrics, status, `which`, and the authenticated changes (SPEC "Interfaces"). */
 export async function adminRoutes (app: FastifyInstance, options: AdminOptions): Promise<void> {
-  const { config, sync, store, registry, traffic, router, redis, now } = options
+  const { config, sync, control, registry, traffic, router, redis } = options
   const auth = requireToken(config.admin.token, config.admin.tokenName)
   const authenticate = auth.identity
   const change = { onRequest: auth.hook }
@@ -44,9 +25,19 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
 
   app.setErrorHandler((err: FastifyError, _request, reply) => {
     const status = err.statusCode ?? 500
-    const code = err.validation !== undefined ? 'DBSHIFT_ERR_INVALID_VALUE' : err.code?.startsWith('DBSHIFT_ERR_') === true ? err.code : 'DBSHIFT_ERR_BAD_REQUEST'
-    if (status >= 500 && err.code?.startsWith('DBSHIFT_ERR_') !== true) app.log.error({ err }, 'admin request failed')
-    reply.code(status).send({ error: status >= 500 && !code.startsWith('DBSHIFT_ERR_') ? 'internal error' : code, message: err.message })
+    const own = err.code?.startsWith('DBSHIFT_ERR_') === true
+    const code = err.validation !== undefined ? 'DBSHIFT_ERR_INVALID_VALUE' : own ? err.code : 'DBSHIFT_ERR_BAD_REQUEST'
+    if (status >= 500 && !own) {
+      // Not a refusal of ours: a bug or an unexpected reply. Never shown to the caller as if it were bad input.
+      app.log.error({ err }, 'admin request failed')
+      return reply.code(status).send({ error: 'internal error', message: err.message })
+    }
+    reply.code(status).send({ error: code, message: err.message })
+  })
+  // An unknown path gets the same {"error","message"} shape as every other refusal.
+  app.setNotFoundHandler((request, reply) => {
+    const err = new NotFoundError(`${request.method} ${request.url.split('?')[0] ?? ''}`)
+    reply.code(404).send({ error: err.code, message: err.message })
   })
 
   // `curl -X POST -H 'content-type: application/json' …/resume` with no body means "no options", not an error.
@@ -93,35 +84,25 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
 
   app.get<{ Params: { userKey: string } }>('/which/:userKey', async (request) => {
     const user = request.params.userKey
-    if (Buffer.byteLength(user) > MAX_KEY_BYTES) throw new InvalidValueError(`a user key is at most ${MAX_KEY_BYTES} bytes`)
-    const key = toByteString(user)
-    const decision = router.decide(sync.current, key)
-    return { user: fromByteString(key), version: decision.version, why: decision.why, bucket: router.bucketOf(key), percent: sync.current.percent, state: sync.current.state }
+    if (Buffer.byteLength(user) > MAX_KEY_BYTES) throw new InvalidValueError(`a user key is at most ${MAX_KEY_BYTES} bytes (this one has ${Buffer.byteLength(user)}); longer keys are anonymous`)
+    const { key, decision, bucket } = explain(router, sync.current, user)
+    return { user: key === undefined ? user : fromByteString(key), version: decision.version, why: decision.why, bucket, percent: sync.current.percent, state: sync.current.state }
   })
 
   app.put<{ Body: { percent: number, reason?: string } }>('/rollout', {
     ...change,
     schema: { body: { type: 'object', required: ['percent'], additionalProperties: false, properties: { percent: { type: 'number', minimum: 0, maximum: 100, multipleOf: 0.01 }, reason: { type: 'string', maxLength: 512 } } } }
   }, async (request) => {
-    const by = authenticate(request)
-    if (!isReady(redis)) throw new RedisUnavailableError('moving traffic toward migrated needs Redis; try again when it is back')
-    const result = await store.setPercent(request.body.percent, actor(by), request.body.reason)
-    if (!result.applied) {
-      request.log.warn({ percent: request.body.percent, by, frozenBecause: result.frozenBecause }, 'refused a raise of the percentage: the ramp is frozen')
-      throw new RampFrozenError(result.frozenBecause || 'the L2 guard froze it')
-    }
-    await sync.refresh().catch(() => {})
-    return { percent: request.body.percent, previous: result.old === '' ? null : result.old }
+    const result = unwrap(await control.setPercent(request.body.percent, actor(authenticate(request)), request.body.reason))
+    return { percent: request.body.percent, previous: result.previous }
   })
 
   app.post<{ Body: { reason?: string } | undefined }>('/rollback', {
     ...change,
     schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', maxLength: 512 } } } }
   }, async (request, reply) => {
-    const by = authenticate(request)
-    const trip = { level: 'manual', reason: request.body?.reason ?? 'rolled back through the admin API', at: new Date(now()).toISOString(), by }
-    const persisted = await sync.rollbackLocally(trip, actor(by))
-    options.metrics.guardTrips.labels('manual').inc()
+    const { outcome } = unwrap(await control.rollback({ reason: request.body?.reason }, actor(authenticate(request))))
+    const persisted = outcome !== 'pending'
     reply.code(persisted ? 200 : 202)
     return { state: 'rolled_back', persisted, message: persisted ? 'rolled back fleet-wide' : 'rolled back on this instance; it is written to Redis as soon as Redis is reachable' }
   })
@@ -130,11 +111,8 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
     ...change,
     schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', maxLength: 512 } } } }
   }, async (request) => {
-    const by = authenticate(request)
-    if (!isReady(redis)) throw new RedisUnavailableError('resuming moves traffic toward migrated and needs Redis')
-    const resumed = await store.resume(actor(by), request.body?.reason)
-    await sync.refresh().catch(() => {})
-    return { state: 'active', changed: resumed }
+    const result = unwrap(await control.resume(actor(authenticate(request)), request.body?.reason))
+    return { state: 'active', changed: result.status === 'ok' }
   })
 
   if (options.schedules !== undefined) await operationRoutes(app, { ...options, schedules: options.schedules, change, identity: authenticate })

@@ -3,10 +3,15 @@ import { hostname, userInfo } from 'node:os'
 import { parse as parseYaml } from 'yaml'
 import { DEFAULT_CONFIG_PATH, resolveConfig, type Config } from '../config.ts'
 import { ConfigError, RedisUnavailableError } from '../errors.ts'
+import { pino, type Logger } from 'pino'
+import type { Actor } from '../control/audit.ts'
+import { RolloutControl } from '../control/commands.ts'
+import { Notifier } from '../control/notify.ts'
+import { liveRollouts } from '../fleet/fleet.ts'
 import { RolloutKeys } from '../rollout/keys.ts'
 import { connectRedis, isReady, type RedisClient } from '../rollout/redis.ts'
-import { RolloutStore, type Actor } from '../rollout/store.ts'
-import { ScheduleStore } from '../schedule/store.ts'
+import { RolloutStore } from '../rollout/store.ts'
+import { ScheduleStore } from '../rollout/schedule-store.ts'
 
 /** The options every verb takes (see main.ts). */
 export interface GlobalOptions {
@@ -15,6 +20,8 @@ export interface GlobalOptions {
   prefix?: string
   by?: string
   json?: boolean
+  /** Change a rollout even when no live instance follows it. */
+  force?: boolean
 }
 
 /** What a verb works with: the resolved configuration, Redis, the stores, and how to print. */
@@ -24,7 +31,11 @@ export interface CliContext {
   redis: RedisClient
   store: RolloutStore
   schedules: ScheduleStore
+  /** Every change goes through the command layer, as it does from the admin API. */
+  control: RolloutControl
   actor: Actor
+  /** Warnings and failures, as JSON lines on stderr. */
+  log: Logger
   json: boolean
   /** Prints the human text, or the JSON value with --json. */
   print: (human: string, json: unknown) => void
@@ -74,17 +85,35 @@ export async function openContext (options: GlobalOptions): Promise<CliContext> 
   await ready(redis, config.redis.url)
   const keys = new RolloutKeys(config.redis.prefix, config.rollout.name)
   const json = options.json === true
+  const store = new RolloutStore(redis, keys, { initialPercent: config.rollout.initialPercent })
+  const schedules = new ScheduleStore(redis, keys)
+  // Only failures are worth a line on stderr (a notification that could not be delivered, with its cause).
+  const log = pino({ level: 'warn', base: undefined }, process.stderr)
+  const notifier = new Notifier({ ...config.notify, rollout: config.rollout.name, log })
+  const control = new RolloutControl({
+    redis,
+    store,
+    schedules,
+    initialPercent: config.rollout.initialPercent,
+    log,
+    notifier,
+    requireFollowers: options.force === true ? undefined : async () => await liveRollouts(redis, config.redis.prefix, Date.now())
+  })
   return {
     config,
     keys,
     redis,
-    store: new RolloutStore(redis, keys, { initialPercent: config.rollout.initialPercent }),
-    schedules: new ScheduleStore(redis, keys),
+    store,
+    schedules,
+    control,
     actor: { by: operator(options), source: 'cli' },
+    log,
     json,
     print: (human, value) => { process.stdout.write(json ? `${JSON.stringify(value)}\n` : `${human}\n`) },
     close: async () => {
-      await redis.quit().catch(() => {})
+      // A notification is sent after the change is made and printed; the command waits for it (bounded) before it exits.
+      await control.flush()
+      await redis.quit().catch((err: unknown) => { log.debug({ err }, 'QUIT failed; disconnecting') })
       redis.disconnect()
     }
   }

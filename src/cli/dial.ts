@@ -1,4 +1,5 @@
-import { InvalidValueError, RampFrozenError } from '../errors.ts'
+import { unwrap } from '../control/results.ts'
+import { InvalidValueError } from '../errors.ts'
 import { parsePercent, PERCENT_RULE } from '../rollout/values.ts'
 import type { CliContext } from './context.ts'
 import { confirmationText, waitForFleet } from './wait.ts'
@@ -26,24 +27,22 @@ export function parsePercentArg (text: string): number {
 
 /** `dbshift set <percent>`: turns the dial. A raise is refused while the L2 guard freezes the ramp. */
 export async function set (ctx: CliContext, percent: number, reason: string, waitMs?: number): Promise<boolean> {
-  const result = await ctx.store.setPercent(percent, ctx.actor, reason)
-  if (!result.applied) throw new RampFrozenError(`${result.frozenBecause || 'the L2 guard froze it'}; lowering the percentage still works`)
-  const state = await ctx.redis.get(ctx.keys.state)
-  const previous = result.old === '' ? null : result.old
+  const { status, previous, state } = unwrap(await ctx.control.setPercent(percent, ctx.actor, reason))
   const note = state === 'rolled_back' ? '\nnote: the rollout is rolled back, so everyone stays on legacy until "dbshift resume"' : ''
-  return await report(ctx, `percent ${previous ?? '(unset)'} → ${percent}${note}`, { percent, previous, state: state ?? 'active' }, waitMs)
+  const human = status === 'noop' ? `percent already ${percent}: nothing changed${note}` : `percent ${previous ?? '(unset)'} → ${percent}${note}`
+  return await report(ctx, human, { percent, previous, state }, waitMs)
 }
 
 /** `dbshift rollback [--reason]`: everyone to legacy, fleet-wide. */
 export async function rollback (ctx: CliContext, reason: string, waitMs?: number): Promise<boolean> {
-  const trip = { level: 'manual', reason: reason === '' ? 'rolled back with the dbshift command' : reason, at: new Date().toISOString(), by: ctx.actor.by }
-  const changed = await ctx.store.rollback(trip, ctx.actor)
+  const { status, trip } = unwrap(await ctx.control.rollback({ reason }, ctx.actor))
+  const changed = status === 'ok'
   return await report(ctx, changed ? `rolled back: everyone goes to legacy (${trip.reason})` : 'already rolled back: nothing changed', { state: 'rolled_back', changed }, waitMs)
 }
 
 /** `dbshift resume`: re-arms the rollout after a rollback (it follows the percentage again). */
 export async function resume (ctx: CliContext, reason: string, waitMs?: number): Promise<boolean> {
-  const changed = await ctx.store.resume(ctx.actor, reason)
-  const percent = await ctx.redis.get(ctx.keys.percent)
-  return await report(ctx, changed ? `resumed: the rollout follows the percentage again (${percent ?? ctx.config.rollout.initialPercent}%)` : 'not rolled back: nothing changed', { state: 'active', changed }, waitMs)
+  const { status, percent } = unwrap(await ctx.control.resume(ctx.actor, reason))
+  const changed = status === 'ok'
+  return await report(ctx, changed ? `resumed: the rollout follows the percentage again (${percent}%)` : 'not rolled back: nothing changed', { state: 'active', changed }, waitMs)
 }

@@ -2,7 +2,7 @@ import { readFileSync, realpathSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { Command, CommanderError, Option } from 'commander'
 import { InvalidValueError } from '../errors.ts'
-import { parseDuration, DURATION_RULE } from '../schedule/schedule.ts'
+import { parseDuration, DURATION_RULE } from '../rollout/schedule.ts'
 import { audit } from './audit.ts'
 import { openContext, type CliContext, type GlobalOptions } from './context.ts'
 import { parsePercentArg, rollback, resume, set } from './dial.ts'
@@ -13,13 +13,14 @@ import { watch } from './watch.ts'
 import { checkUser, which } from './which.ts'
 
 /** Exit statuses: documented in the README ("The dbshift command"). */
-export const EXIT = { ok: 0, failed: 1, badInput: 2, refused: 3, unconfirmed: 4 } as const
+export const EXIT = { ok: 0, failed: 1, badInput: 2, refused: 3, unconfirmed: 4, noInstances: 5 } as const
 
 const EXIT_BY_CODE: Record<string, number> = {
   DBSHIFT_ERR_INVALID_VALUE: EXIT.badInput,
   DBSHIFT_ERR_CONFIG: EXIT.badInput,
   DBSHIFT_ERR_RAMP_FROZEN: EXIT.refused,
   DBSHIFT_ERR_CONFLICT: EXIT.refused,
+  DBSHIFT_ERR_NO_INSTANCES: EXIT.noInstances,
   DBSHIFT_ERR_REDIS_UNAVAILABLE: EXIT.failed
 }
 
@@ -33,6 +34,7 @@ export async function run (argv: string[]): Promise<number> {
     .addOption(new Option('--prefix <prefix>', 'key prefix (default: redis.prefix of the config file, or "dbshift")'))
     .addOption(new Option('--by <name>', 'who the audit trail names (default: DBSHIFT_OPERATOR, or user@host)'))
     .option('--json', 'print JSON (one object per line) instead of text')
+    .option('--force', 'change the rollout even when no live instance follows it (while other rollouts have some)')
     .version(version(), '-V, --version')
     .showHelpAfterError('(run "dbshift --help" for the verbs)')
     .exitOverride()

@@ -1,3 +1,4 @@
+import { unwrap } from '../control/results.ts'
 import type { CliContext } from './context.ts'
 
 /** `dbshift allow|deny add|rm|ls [user]`: the override sets. */
@@ -7,7 +8,7 @@ export async function members (ctx: CliContext, set: 'allow' | 'deny', op: 'add'
     ctx.print(users.length === 0 ? `the ${set}-set is empty` : users.join('\n'), { set, users })
     return
   }
-  const changed = await ctx.store.changeMember(set, op, user as string, ctx.actor)
+  const changed = unwrap(await ctx.control.changeMember(set, op, user, ctx.actor)).status === 'ok'
   const meaning = set === 'allow' ? 'always migrated' : 'always legacy'
   const human = op === 'add'
     ? changed ? `added ${user} to the ${set}-set (${meaning})` : `${user} was already in the ${set}-set`

@@ -1,7 +1,7 @@
-import { ConflictError, InvalidValueError } from '../errors.ts'
-import { describePlan, describeProgress, parseSteps, type RampStep } from '../schedule/schedule.ts'
+import { unwrap } from '../control/results.ts'
+import { InvalidValueError } from '../errors.ts'
+import { describePlan, describeProgress, parseSteps, type RampStep } from '../rollout/schedule.ts'
 import type { CliContext } from './context.ts'
-import { readShared } from './status.ts'
 
 export const RAMP_VERBS = ['pause', 'continue', 'abort'] as const
 export type RampVerb = typeof RAMP_VERBS[number]
@@ -15,22 +15,14 @@ export function parseRampArgs (args: string[], bake: string): RampStep[] {
 
 /** `dbshift ramp 1 5 20:48h 50 100 --bake 30m`: starts a schedule; a running dbshift instance advances it. */
 export async function startRamp (ctx: CliContext, steps: RampStep[]): Promise<void> {
-  const shared = await readShared(ctx)
-  if (shared.state === 'rolled_back') throw new ConflictError('the rollout is rolled back: "dbshift resume" it before starting a ramp')
-  const last = steps.at(-1) as RampStep
-  if (last.percent <= shared.percent) throw new ConflictError(`the dial is already at ${shared.percent}%, at or above every step`)
-  const { result, schedule } = await ctx.schedules.start(steps, ctx.actor)
-  if (result !== 'ok') throw new ConflictError(`a ramp schedule is already active (${describeProgress(schedule, Date.now())}); "dbshift ramp abort" it first`)
+  const { schedule } = unwrap(await ctx.control.startRamp(steps, ctx.actor))
   ctx.print(`ramp started: ${describePlan(steps)}\nthe dbshift instance holding the schedule lease takes each step when the bake has passed with no trip and no freeze;\nfollow it with "dbshift status" or "dbshift watch"`,
     { started: true, schedule })
 }
 
 /** `dbshift ramp pause|continue|abort`. */
 export async function controlRamp (ctx: CliContext, verb: RampVerb, reason: string): Promise<void> {
-  const shared = verb === 'continue' ? await readShared(ctx) : undefined
-  if (verb === 'continue' && shared?.state === 'rolled_back') throw new ConflictError('the rollout is rolled back: "dbshift resume" it first')
-  const schedule = await ctx.schedules.control(verb, ctx.actor, reason, shared?.percent)
-  if (schedule === undefined) throw new ConflictError('no ramp schedule is active')
+  const { schedule } = unwrap(await ctx.control.controlRamp(verb, ctx.actor, reason))
   ctx.print(describeProgress(schedule, Date.now()), { schedule })
 }
 

@@ -1,53 +1,23 @@
-import { readFleet, type FleetMember, type SharedDial } from '../fleet/fleet.ts'
-import type { InvalidValue, RolloutRecord } from '../rollout/store.ts'
-import { describeProgress } from '../schedule/schedule.ts'
+import { readFleet, type FleetMember } from '../fleet/fleet.ts'
+import { describeProgress } from '../rollout/schedule.ts'
 import type { CliContext } from './context.ts'
 import { ago, entryJson, entryLine, table } from './format.ts'
-
-/** The rollout as every instance should apply it: Redis's values, defaults for missing keys. */
-export interface SharedState {
-  percent: number
-  state: string
-  record: RolloutRecord
-  invalid: InvalidValue[]
-  /** What the instances are compared with: an invalid value in Redis is no yardstick. */
-  dial: SharedDial
-}
-
-export async function readShared (ctx: CliContext): Promise<SharedState> {
-  const { record, invalid } = await ctx.store.read()
-  const bad = new Set(invalid.map((value) => value.key))
-  // An invalid value is ignored by every instance, which keeps its last valid one; the CLI cannot know which, so it
-  // shows the default with a warning, and does not hold the instances against it.
-  const percent = record.percent ?? ctx.config.rollout.initialPercent
-  const state = record.state ?? 'active'
-  return {
-    percent,
-    state,
-    record,
-    invalid,
-    dial: { percent: bad.has(ctx.keys.percent) ? undefined : percent, state: bad.has(ctx.keys.state) ? undefined : state }
-  }
-}
 
 /** `dbshift status`: the dial, the trip, the freeze, the schedule, the last change and the fleet. */
 export async function status (ctx: CliContext): Promise<void> {
   const now = Date.now()
-  const shared = await readShared(ctx)
-  const [freeze, { schedule }, [last], allow, deny] = await Promise.all([
-    ctx.redis.get(ctx.keys.freeze),
-    ctx.schedules.read(),
-    ctx.store.audit(1),
-    ctx.redis.scard(ctx.keys.allow),
-    ctx.redis.scard(ctx.keys.deny)
-  ])
-  const fleet = await readFleet(ctx.redis, ctx.keys, shared.dial, now)
+  const shared = await ctx.store.read()
+  const [{ schedule }, [last]] = await Promise.all([ctx.schedules.read(), ctx.store.audit(1)])
+  const { freeze } = shared
+  const allow = shared.allow.length
+  const deny = shared.deny.length
+  const fleet = await readFleet(ctx.redis, ctx.keys, shared, now)
   const behind = fleet.filter((member) => member.behind !== null).length
-  const trip = shared.record.trip ?? null
+  const trip = shared.trip ?? null
 
   const lines = [
     `rollout      ${ctx.config.rollout.name}  (${ctx.keys.percent.replace(/:percent$/, ':*')})`,
-    `percent      ${shared.dial.percent === undefined ? '?  (Redis holds an invalid value: every instance keeps its last valid percentage)' : `${shared.percent}%${shared.record.percent === undefined ? '  (no value in Redis: the initial percentage)' : ''}`}`,
+    `percent      ${shared.found.percent === 'invalid' ? '?  (Redis holds an invalid value: every instance keeps its last valid percentage)' : `${shared.percent}%${shared.found.percent === 'missing' ? '  (no value in Redis: the initial percentage)' : ''}`}`,
     `state        ${shared.state}${shared.state === 'rolled_back' ? '  (everyone on legacy; "dbshift resume" re-arms the rollout)' : ''}`,
     `trip         ${trip === null ? '—' : `${trip.level} at ${trip.at} by ${trip.by}: ${trip.reason}`}`,
     `freeze       ${freeze === null ? '—' : `frozen by the L2 guard: ${freeze} (raises are refused)`}`,

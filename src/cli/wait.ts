@@ -1,6 +1,5 @@
 import { readFleet, type FleetMember } from '../fleet/fleet.ts'
 import type { CliContext } from './context.ts'
-import { readShared } from './status.ts'
 
 export interface FleetConfirmation {
   /** Every live instance applies the shared state (true also when no instance reported). */
@@ -17,8 +16,8 @@ export async function waitForFleet (ctx: CliContext, timeoutMs: number): Promise
   const deadline = Date.now() + timeoutMs
   let fleet: FleetMember[] = []
   for (;;) {
-    const shared = await readShared(ctx)
-    fleet = await readFleet(ctx.redis, ctx.keys, shared.dial, Date.now())
+    const shared = await ctx.store.read()
+    fleet = await readFleet(ctx.redis, ctx.keys, shared, Date.now())
     const behind = fleet.filter((m) => m.behind !== null).map((m) => ({ id: m.id, behind: m.behind as string }))
     if (behind.length === 0 || Date.now() >= deadline) return { confirmed: behind.length === 0, instances: fleet.length, behind }
     await new Promise((resolve) => setTimeout(resolve, 100))

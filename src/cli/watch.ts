@@ -1,10 +1,10 @@
 import { once } from 'node:events'
+import { every } from '../background.ts'
 import { readFleet } from '../fleet/fleet.ts'
 import { connectRedis } from '../rollout/redis.ts'
-import type { AuditEntry } from '../rollout/store.ts'
+import { auditEntry } from '../rollout/store.ts'
 import type { CliContext } from './context.ts'
 import { entryJson, entryLine } from './format.ts'
-import { readShared } from './status.ts'
 
 export interface WatchOptions {
   /** How often the fleet's rates are printed. */
@@ -19,7 +19,8 @@ export interface WatchOptions {
  */
 export async function watch (ctx: CliContext, options: WatchOptions): Promise<void> {
   const reader = connectRedis(ctx.config.redis.url, { commandTimeoutMs: 5_000, connectionName: 'dbshift-cli-watch' })
-  reader.on('error', () => {})
+  // Failures show in the reads below; ioredis needs a listener, or an error would end the command.
+  reader.on('error', (err: Error) => { ctx.log.debug({ err }, 'the watch connection failed') })
   if (reader.status !== 'ready') await once(reader, 'ready')
   const run = { stopped: false }
   const stop = (): void => {
@@ -32,8 +33,8 @@ export async function watch (ctx: CliContext, options: WatchOptions): Promise<vo
   else ctx.print('', { type: 'watching', rollout: ctx.config.rollout.name })
 
   const rates = async (): Promise<void> => {
-    const shared = await readShared(ctx)
-    const fleet = await readFleet(ctx.redis, ctx.keys, shared.dial, Date.now())
+    const shared = await ctx.store.read()
+    const fleet = await readFleet(ctx.redis, ctx.keys, shared, Date.now())
     const sum = (version: 'legacy' | 'migrated'): { rps: number, errorRate: number } => {
       const rps = fleet.reduce((total, m) => total + m.traffic[version].rps, 0)
       const errors = fleet.reduce((total, m) => total + m.traffic[version].rps * m.traffic[version].errorRate, 0)
@@ -45,8 +46,20 @@ export async function watch (ctx: CliContext, options: WatchOptions): Promise<vo
     ctx.print(`${clock()}  ${shared.percent}% ${shared.state} · ${fleet.length} instance(s), ${behind} behind · legacy ${legacy.rps} rps ${(legacy.errorRate * 100).toFixed(1)}% err · migrated ${migrated.rps} rps ${(migrated.errorRate * 100).toFixed(1)}% err`,
       { type: 'rates', percent: shared.percent, state: shared.state, instances: fleet.length, behind, legacy, migrated })
   }
-  const timer = setInterval(() => { rates().catch(() => {}) }, options.intervalMs)
-  await rates().catch(() => {})
+  let failing = false
+  const ratesTask = every('the fleet rates', async () => {
+    await rates()
+    failing = false
+  }, {
+    intervalMs: options.intervalMs,
+    immediately: true,
+    log: ctx.log,
+    onError: (err) => {
+      if (!failing) ctx.log.warn({ err }, 'reading the fleet\'s rates failed; trying again')
+      failing = true
+    }
+  })
+  await ratesTask.runNow()
 
   let seen = 0
   let lastId = '$'
@@ -59,15 +72,14 @@ export async function watch (ctx: CliContext, options: WatchOptions): Promise<vo
       for (const [, entries] of reply ?? []) {
         for (const [id, flat] of entries) {
           lastId = id
-          const entry: AuditEntry = { id, fields: {} }
-          for (let i = 0; i + 1 < flat.length; i += 2) entry.fields[flat[i] as string] = flat[i + 1] as string
+          const entry = auditEntry(id, flat)
           ctx.print(entryLine(entry), { type: 'change', ...entryJson(entry) })
           seen++
         }
       }
     }
   } finally {
-    clearInterval(timer)
+    await ratesTask.stop()
     process.off('SIGINT', stop)
     process.off('SIGTERM', stop)
     reader.disconnect()

@@ -1,7 +1,7 @@
 import { InvalidValueError } from '../errors.ts'
 import { thresholdOf } from '../routing/bucket.ts'
-import { Router } from '../routing/decide.ts'
-import { fromByteString, MAX_KEY_BYTES, toByteString } from '../routing/user-key.ts'
+import { explain, routerFor } from '../routing/configured.ts'
+import { fromByteString, MAX_KEY_BYTES } from '../routing/user-key.ts'
 import { initialSnapshot, nextSnapshot } from '../rollout/snapshot.ts'
 import type { CliContext } from './context.ts'
 
@@ -20,17 +20,8 @@ export function checkUser (user: string): void {
 /** `dbshift which <user>`: the version, the bucket and why, computed by the proxy's own Router on Redis's state. */
 export async function which (ctx: CliContext, user: string): Promise<void> {
   const { config } = ctx
-  const { record, invalid } = await ctx.store.read()
-  const initial = config.rollout.initialPercent
-  const missing = {
-    percent: record.percent === undefined && !invalid.some((v) => v.key === ctx.keys.percent),
-    state: record.state === undefined && !invalid.some((v) => v.key === ctx.keys.state)
-  }
-  const state = nextSnapshot(initialSnapshot(initial), record, missing, initial)
-  const router = new Router({ strategy: config.rollout.strategy, salt: config.rollout.salt ?? config.rollout.name, anonymous: config.rollout.anonymous })
-  const key = user === '' ? undefined : toByteString(user)
-  const decision = router.decide(state, key)
-  const bucket = key === undefined ? null : router.bucketOf(key)
+  const state = nextSnapshot(initialSnapshot(config.rollout.initialPercent), await ctx.store.read())
+  const { key, decision, bucket } = explain(routerFor(config.rollout), state, user)
   const threshold = thresholdOf(state.percent)
   const why = decision.why === 'bucket'
     ? `bucket ${bucket ?? '?'} ${decision.version === 'migrated' ? '<' : '>='} ${threshold} (= ${state.percent}% × 100)`

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino'
+import { every, Listeners, type Periodic } from '../background.ts'
+import type { RolloutControl } from '../control/commands.ts'
 import { VERSIONS, type Version } from '../routing/decide.ts'
-import type { RolloutKeys } from '../rollout/keys.ts'
 import { isReady, type RedisClient } from '../rollout/redis.ts'
 import type { RolloutSync } from '../rollout/sync.ts'
 import type { TrafficWindow } from '../traffic/window.ts'
@@ -23,33 +24,20 @@ export interface InstanceBeat {
 /** The window the reported rates cover. */
 export const RATE_WINDOW_MS = 10_000
 
-// Writes this instance's beat, sometimes drops the beats that expired (their instance is gone; readers skip them
-// anyway), and keeps the whole hash expiring so that a fleet that stopped leaves nothing behind.
-const BEAT = `
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if ARGV[5] == '1' then
-  local all = redis.call('HGETALL', KEYS[1])
-  for i = 1, #all, 2 do
-    local ok, beat = pcall(cjson.decode, all[i + 1])
-    if not ok or type(beat) ~= 'table' or (tonumber(beat.expiresAt) or 0) < tonumber(ARGV[3]) then redis.call('HDEL', KEYS[1], all[i]) end
-  end
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return 1
-`
-
 /** One beat in this many also prunes the expired ones: a large fleet does not decode the whole hash every beat. */
 const PRUNE_EVERY = 10
 
 export interface HeartbeatOptions {
   instanceId: string
   redis: RedisClient
-  keys: RolloutKeys
+  control: RolloutControl
   sync: RolloutSync
   traffic: TrafficWindow
   intervalMs: number
   now: () => number
   log: Logger
+  /** Counts failed beats. */
+  failures?: { inc: () => void }
 }
 
 /**
@@ -59,14 +47,18 @@ export interface HeartbeatOptions {
  */
 export class Heartbeat {
   readonly #o: HeartbeatOptions
-  #timer: NodeJS.Timeout | undefined
+  #periodic: Periodic | undefined
   #soon: NodeJS.Timeout | undefined
   #closed = false
   #beats = 0
+  readonly #listeners = new Listeners()
   readonly #onChange = (): void => {
     this.#soon ??= setTimeout(() => {
       this.#soon = undefined
-      this.beat().catch(() => {})
+      this.beat().catch((err: unknown) => {
+        this.#o.failures?.inc()
+        this.#o.log.debug({ err }, 'heartbeat after a change failed; the next one follows')
+      })
     }, 20)
     this.#soon.unref()
   }
@@ -76,15 +68,9 @@ export class Heartbeat {
   }
 
   start (): void {
-    this.#o.sync.on('change', this.#onChange)
-    this.#o.sync.on('persisted', this.#onChange)
-    const loop = (): void => {
-      if (this.#closed) return
-      this.beat().catch((err: unknown) => { this.#o.log.debug({ err }, 'heartbeat failed') })
-      this.#timer = setTimeout(loop, this.#o.intervalMs)
-      this.#timer.unref()
-    }
-    loop()
+    this.#listeners.on(this.#o.sync, 'change', this.#onChange)
+    this.#listeners.on(this.#o.sync, 'persisted', this.#onChange)
+    this.#periodic = every('the heartbeat', async () => { await this.beat() }, { intervalMs: this.#o.intervalMs, immediately: true, log: this.#o.log, failures: this.#o.failures })
   }
 
   /** This instance's beat now. */
@@ -100,21 +86,22 @@ export class Heartbeat {
   }
 
   async beat (): Promise<void> {
-    const { redis, keys, intervalMs } = this.#o
+    const { redis, control, intervalMs } = this.#o
     if (this.#closed || !isReady(redis)) return
     const beat = this.current()
-    const prune = this.#beats++ % PRUNE_EVERY === 0 ? '1' : '0'
-    await redis.eval(BEAT, 1, keys.instances, beat.id, JSON.stringify(beat), beat.at, intervalMs * 3, prune)
+    await control.beat(beat.id, JSON.stringify(beat), beat.at, intervalMs * 3, this.#beats++ % PRUNE_EVERY === 0)
   }
 
   /** Leaves the fleet view at once on a graceful stop. */
   async close (): Promise<void> {
     this.#closed = true
-    clearTimeout(this.#timer)
+    await this.#periodic?.stop()
     clearTimeout(this.#soon)
-    this.#o.sync.off('change', this.#onChange)
-    this.#o.sync.off('persisted', this.#onChange)
-    if (isReady(this.#o.redis)) await this.#o.redis.hdel(this.#o.keys.instances, this.#o.instanceId).catch(() => {})
+    this.#listeners.removeAll()
+    if (isReady(this.#o.redis)) {
+      // Not fatal: the beat expires by itself.
+      await this.#o.control.leave(this.#o.instanceId).catch((err: unknown) => { this.#o.log.debug({ err }, 'leaving the fleet view failed; the beat expires by itself') })
+    }
   }
 }
 

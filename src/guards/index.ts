@@ -1,51 +1,13 @@
 import { EventEmitter } from 'node:events'
-import type { Logger } from 'pino'
-import type { Config } from '../config.ts'
-import type { Metrics, ShadowResult } from '../metrics.ts'
+import { every, type Periodic } from '../background.ts'
 import type { ForwardHooks } from '../proxy/forward.ts'
-import type { RedisClient } from '../rollout/redis.ts'
-import type { RolloutStore, Trip } from '../rollout/store.ts'
-import type { RolloutSync } from '../rollout/sync.ts'
-import type { TrafficWindow } from '../traffic/window.ts'
-import { ErrorRateGuard, type L1Evaluation } from './l1-error-rate.ts'
+import type { GuardContext, GuardEmitter, GuardEvents } from './events.ts'
+import { ErrorRateGuard } from './l1-error-rate.ts'
 import { DbLoadGuard } from './l2-db-load.ts'
 import { ShadowGuard } from './l3-shadow.ts'
 import { SignalPoll } from './signal-poll.ts'
-import type { TripOutcome } from './trip.ts'
-import type { WebhookResult } from './webhook.ts'
 
-/** What the guards read and act on. app.ts is the one place where they meet the proxy. */
-export interface GuardContext {
-  config: Config
-  instanceId: string
-  sync: RolloutSync
-  store: RolloutStore
-  redis: RedisClient
-  traffic: TrafficWindow
-  metrics: Metrics
-  log: Logger
-  now: () => number
-}
-
-/** What the guards do, as it happens: for tests, and for anything that wants to watch without polling. */
-export interface GuardEvents {
-  /** An L1 evaluation of the fleet's (or, with Redis away, the local) counts. */
-  evaluated: [evaluation: L1Evaluation]
-  /** A guard rolled the rollout back (or found it already rolled back: `joined`). */
-  trip: [trip: Trip, outcome: TripOutcome]
-  /** A guard in dry-run mode would have tripped. */
-  dryRun: [level: 'L1' | 'L2' | 'L3', reason: string]
-  /** The signal keys were read (key → value, null when missing). */
-  signals: [values: Map<string, string | null>]
-  /** L2 paused (true) or reopened (false) the new-feature routes. */
-  l2: [paused: boolean, reason: string]
-  /** One shadow comparison finished. */
-  shadow: [result: ShadowResult]
-  /** The L3 webhook was delivered, or gave up. */
-  webhook: [result: WebhookResult]
-}
-
-export type GuardEmitter = EventEmitter<GuardEvents>
+export type { GuardContext, GuardEmitter, GuardEvents } from './events.ts'
 
 export interface Guards {
   /** Hooks the forwarder calls: L2 pauses feature routes, L3 taps sampled exchanges. */
@@ -84,6 +46,7 @@ export function createGuards (ctx: GuardContext): Guards {
   if (l2 !== undefined && rules.l2.featureRoutes.length > 0) hooks.pausedFor = (url) => l2.pausedFor(url)
   if (l3 !== undefined && rules.l3.sampleRate > 0) hooks.tap = (req, decision) => l3.tap(req, decision)
 
+  let evaluation: Periodic | undefined
   const state = (enabled: boolean, dryRun: boolean): Record<string, unknown> => ({ enabled, dryRun })
   return {
     hooks,
@@ -94,13 +57,20 @@ export function createGuards (ctx: GuardContext): Guards {
       l3: { ...state(rules.l3.enabled, rules.l3.dryRun), ...l3?.status() }
     }),
     start: () => {
-      l1?.start()
+      // The L1 evaluation runs on the one shape of background work; a failed one is logged and the next goes on.
+      if (l1 !== undefined) {
+        evaluation = every('the L1 evaluation', async () => { await l1.evaluate() }, {
+          intervalMs: rules.l1.evaluateIntervalMs,
+          log: ctx.log,
+          failures: ctx.metrics.backgroundErrors.labels('l1_evaluation'),
+          onError: (err) => { ctx.log.warn({ err, guard: 'L1' }, 'L1 evaluation failed') }
+        })
+      }
       l2?.start()
       signals.start()
     },
     close: async () => {
-      signals.close()
-      l2?.close()
+      await Promise.all([evaluation?.stop(), signals.close(), l2?.close()])
       await Promise.all([l1?.close(), l3?.close()])
     }
   }

@@ -1,19 +1,12 @@
 import { VERSIONS, type Version } from '../routing/decide.ts'
 import { isReady } from '../rollout/redis.ts'
 import type { RolloutSnapshot } from '../rollout/snapshot.ts'
-import { judge, type Verdict } from './error-rate.ts'
+import { judge } from './error-rate.ts'
 import { FleetCounts, type FleetTotals } from './fleet-counts.ts'
-import type { GuardContext, GuardEmitter } from './index.ts'
+import type { GuardContext, GuardEmitter, L1Evaluation } from './events.ts'
 import { dryRunTrip, tripRollout } from './trip.ts'
 
-/** One L1 evaluation: what was counted, where from, and the verdict. */
-export interface L1Evaluation {
-  at: number
-  /** `fleet`: the whole fleet's counts from Redis; `local`: this instance's own, while Redis is away. */
-  source: 'fleet' | 'local'
-  totals: FleetTotals
-  verdict: Verdict
-}
+export type { L1Evaluation } from './events.ts'
 
 /**
  * L1: rolls back when the migrated version's error rate is too high, judged on the whole fleet's counts. Every
@@ -74,6 +67,8 @@ export class ErrorRateGuard {
   async evaluate (): Promise<L1Evaluation | undefined> {
     const ctx = this.#ctx
     const now = ctx.now()
+    // A resume anywhere in the fleet re-arms this guard too, also when this instance started after it.
+    this.#armedAt = Math.max(this.#armedAt, ctx.sync.current.armedAt)
     this.#fleet.add(ctx.traffic.drain(), ctx.traffic.slotMs, now)
     const current = ctx.sync.current
     const active = !current.rolledBack && ctx.traffic.totals('migrated', this.#rules.windowMs).requests > 0

@@ -1,7 +1,8 @@
 import picomatch from 'picomatch'
+import { every, type Periodic } from '../background.ts'
 import { isReady } from '../rollout/redis.ts'
 import { normalisePath } from '../routing/path.ts'
-import type { GuardContext, GuardEmitter } from './index.ts'
+import type { GuardContext, GuardEmitter } from './events.ts'
 import { LOAD_RULE, parseLoad, queryPrometheus } from './load-signal.ts'
 import { dryRunTrip } from './trip.ts'
 
@@ -28,8 +29,7 @@ export class DbLoadGuard {
   #reason = ''
   #badValue: string | undefined
   #queryFailing = false
-  #timer: NodeJS.Timeout | undefined
-  #closed = false
+  #poll: Periodic | undefined
 
   constructor (ctx: GuardContext, events: GuardEmitter) {
     this.#ctx = ctx
@@ -49,12 +49,13 @@ export class DbLoadGuard {
   }
 
   start (): void {
-    if (!this.readsRedisSignal) this.#schedule()
+    if (!this.readsRedisSignal) {
+      this.#poll = every('the L2 Prometheus query', async () => { await this.#query() }, { intervalMs: this.#rules.pollIntervalMs, log: this.#ctx.log })
+    }
   }
 
-  close (): void {
-    this.#closed = true
-    clearTimeout(this.#timer)
+  async close (): Promise<void> {
+    await this.#poll?.stop()
   }
 
   /**
@@ -161,8 +162,8 @@ export class DbLoadGuard {
     const wanted = this.#unwritten
     if (wanted === undefined || !isReady(this.#ctx.redis)) return
     const actor = { by: this.#ctx.instanceId, source: 'guard' as const }
-    const store = this.#ctx.store
-    const done = wanted ? store.freeze(`L2: ${this.#reason}`, actor) : store.unfreeze(actor, 'L2: the database load is back under the threshold')
+    const control = this.#ctx.control
+    const done = wanted ? control.freeze(`L2: ${this.#reason}`, actor) : control.unfreeze(actor, 'L2: the database load is back under the threshold')
     done.then(() => {
       if (this.#unwritten === wanted) this.#unwritten = undefined
     }, (err: unknown) => {
@@ -181,21 +182,19 @@ export class DbLoadGuard {
     return load
   }
 
-  #schedule (): void {
-    if (this.#closed) return
-    this.#timer = setTimeout(() => {
-      const url = this.#rules.prometheusUrl as string
-      queryPrometheus(url, Math.min(this.#rules.pollIntervalMs, 5_000)).then(({ value, raw }) => {
-        this.#queryFailing = false
-        if (value === undefined) this.#parse('prometheus', raw)
-        this.observe(value)
-        this.#write()
-      }, (err: unknown) => {
-        // Once per failure streak, not every poll.
-        if (!this.#queryFailing) this.#ctx.log.warn({ err, guard: 'L2', url }, 'the L2 Prometheus query failed; keeping the current state')
-        this.#queryFailing = true
-      }).finally(() => this.#schedule())
-    }, this.#rules.pollIntervalMs)
-    this.#timer.unref()
+  /** One Prometheus query; a failure keeps the current state and is said once per failure streak. */
+  async #query (): Promise<void> {
+    const url = this.#rules.prometheusUrl as string
+    try {
+      const { value, raw } = await queryPrometheus(url, Math.min(this.#rules.pollIntervalMs, 5_000))
+      this.#queryFailing = false
+      if (value === undefined) this.#parse('prometheus', raw)
+      this.observe(value)
+      this.#write()
+    } catch (err) {
+      this.#ctx.metrics.backgroundErrors.labels('l2_prometheus').inc()
+      if (!this.#queryFailing) this.#ctx.log.warn({ err, guard: 'L2', url }, 'the L2 Prometheus query failed; keeping the current state')
+      this.#queryFailing = true
+    }
   }
 }

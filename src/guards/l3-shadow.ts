@@ -7,9 +7,9 @@ import { VERSIONS, type Decision, type Version } from '../routing/decide.ts'
 import type { RolloutSnapshot } from '../rollout/snapshot.ts'
 import { TrafficWindow } from '../traffic/window.ts'
 import { compareAnswers, compileIgnore, type Answer } from './compare.ts'
-import type { GuardContext, GuardEmitter } from './index.ts'
+import type { GuardContext, GuardEmitter } from './events.ts'
 import { dryRunTrip, tripRollout } from './trip.ts'
-import { postWebhook, type WebhookResult } from './webhook.ts'
+import { postWebhook, type WebhookResult } from '../control/webhook.ts'
 
 /** Request headers never copied to the shadow request (hop-by-hop, or meaningless without a body). */
 const NOT_COPIED = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade',
@@ -165,7 +165,8 @@ export class ShadowGuard {
       const result = await postWebhook(url, payload, `${this.#ctx.config.rollout.name}:${trip.at}:${trip.by}`, {
         timeoutMs: this.#rules.webhookTimeoutMs,
         retries: this.#rules.webhookRetries,
-        log: this.#ctx.log
+        log: this.#ctx.log,
+        giveUp: 'start the data rollback by hand'
       })
       this.#webhook = { ...result, at: new Date(this.#ctx.now()).toISOString() }
       this.#events.emit('webhook', result)

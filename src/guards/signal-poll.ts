@@ -1,5 +1,6 @@
+import { every, type Periodic } from '../background.ts'
 import { isReady } from '../rollout/redis.ts'
-import type { GuardContext } from './index.ts'
+import type { GuardContext } from './events.ts'
 
 /**
  * Reads the keys the guards watch (the L2 load signal and freeze, the L3 external signal) with one MGET every
@@ -9,7 +10,7 @@ export class SignalPoll {
   readonly #ctx: GuardContext
   readonly #keys: string[]
   readonly #onValues: (values: Map<string, string | null>) => void
-  #timer: NodeJS.Timeout | undefined
+  #periodic: Periodic | undefined
   #closed = false
   #failing = false
 
@@ -21,12 +22,16 @@ export class SignalPoll {
 
   start (): void {
     if (this.#keys.length === 0) return
-    this.poll().catch(() => {}).finally(() => this.#schedule())
+    this.#periodic = every('the guard signal poll', async () => { await this.poll() }, {
+      intervalMs: this.#ctx.config.guards.signalPollIntervalMs,
+      immediately: true,
+      log: this.#ctx.log
+    })
   }
 
-  close (): void {
+  async close (): Promise<void> {
     this.#closed = true
-    clearTimeout(this.#timer)
+    await this.#periodic?.stop()
   }
 
   /** Reads the keys now. */
@@ -36,19 +41,12 @@ export class SignalPoll {
     try {
       values = await this.#ctx.redis.mget(...this.#keys)
     } catch (err) {
+      this.#ctx.metrics.backgroundErrors.labels('signal_poll').inc()
       if (!this.#failing) this.#ctx.log.warn({ err }, 'reading the guard signals from Redis failed; will retry')
       this.#failing = true
       return
     }
     this.#failing = false
     this.#onValues(new Map(this.#keys.map((key, i) => [key, values[i] ?? null])))
-  }
-
-  #schedule (): void {
-    if (this.#closed) return
-    this.#timer = setTimeout(() => {
-      this.poll().catch(() => {}).finally(() => this.#schedule())
-    }, this.#ctx.config.guards.signalPollIntervalMs)
-    this.#timer.unref()
   }
 }

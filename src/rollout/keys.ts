@@ -12,6 +12,8 @@ export class RolloutKeys {
   readonly audit: string
   /** Set by the L2 guard while the ramp is frozen; a raise of the percentage is refused while it exists. */
   readonly freeze: string
+  /** When a resume last re-armed the guards (ms): an instance that starts later judges only what came after it. */
+  readonly armed: string
   /** The L2 load signal in 0..1, written by a database monitor. */
   readonly dbLoadSignal: string
   /** The L3 external signal: any non-empty value other than 0 means "the data is inconsistent". */
@@ -33,6 +35,7 @@ export class RolloutKeys {
     this.events = `${this.#base}:events`
     this.audit = `${this.#base}:audit`
     this.freeze = `${this.#base}:freeze`
+    this.armed = `${this.#base}:armed`
     this.dbLoadSignal = `${this.#base}:signal:db_load`
     this.inconsistentSignal = `${this.#base}:signal:inconsistent`
     this.instances = `${this.#base}:instances`
@@ -43,6 +46,11 @@ export class RolloutKeys {
   /** Claimed (SET NX, expiring) by the one instance that audits a hand-made change; `id` names the change. */
   handChange (id: string): string {
     return `${this.#base}:hand:${id}`
+  }
+
+  /** The pattern of every rollout's fleet view under `prefix`: which rollouts have live instances. */
+  static instancesPattern (prefix: string): string {
+    return `${prefix}:{*}:instances`
   }
 
   /** Fleet-wide traffic counts of one version in one time slot (L1 guard), expiring. */

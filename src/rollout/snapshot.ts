@@ -1,5 +1,5 @@
 import type { RoutingState } from '../routing/decide.ts'
-import type { RolloutRecord, Trip } from './store.ts'
+import type { SharedRollout, Trip } from './store.ts'
 import type { RolloutStateName } from './values.ts'
 
 /** The rollout state in force on this instance: immutable, swapped whole, read by every request. */
@@ -9,26 +9,29 @@ export interface RolloutSnapshot extends RoutingState {
   readonly trip: Trip | undefined
   readonly allow: ReadonlySet<string>
   readonly deny: ReadonlySet<string>
+  /** When a resume last re-armed the guards, fleet-wide (ms; 0 = never). */
+  readonly armedAt: number
 }
 
 export function initialSnapshot (initialPercent: number): RolloutSnapshot {
-  return { percent: initialPercent, state: 'active', rolledBack: false, trip: undefined, allow: new Set(), deny: new Set() }
+  return { percent: initialPercent, state: 'active', rolledBack: false, trip: undefined, allow: new Set(), deny: new Set(), armedAt: 0 }
 }
 
 /**
  * The next snapshot from what Redis holds. A key that is missing takes its default; a key whose value was
- * invalid (undefined here, reported by the store) keeps the last valid value.
+ * invalid (reported by the store) keeps the last valid value.
  */
-export function nextSnapshot (previous: RolloutSnapshot, record: RolloutRecord, missing: { percent: boolean, state: boolean }, initialPercent: number): RolloutSnapshot {
-  const percent = record.percent ?? (missing.percent ? initialPercent : previous.percent)
-  const state = record.state ?? (missing.state ? 'active' : previous.state)
+export function nextSnapshot (previous: RolloutSnapshot, shared: SharedRollout): RolloutSnapshot {
+  const percent = shared.found.percent === 'invalid' ? previous.percent : shared.percent
+  const state = shared.found.state === 'invalid' ? previous.state : shared.state
   return {
     percent,
     state,
     rolledBack: state === 'rolled_back',
-    trip: record.trip,
-    allow: sameMembers(previous.allow, record.allow) ? previous.allow : new Set(record.allow),
-    deny: sameMembers(previous.deny, record.deny) ? previous.deny : new Set(record.deny)
+    trip: shared.trip,
+    allow: sameMembers(previous.allow, shared.allow) ? previous.allow : new Set(shared.allow),
+    deny: sameMembers(previous.deny, shared.deny) ? previous.deny : new Set(shared.deny),
+    armedAt: Math.max(previous.armedAt, shared.armedAt)
   }
 }
 
@@ -39,7 +42,7 @@ export function rolledBack (snapshot: RolloutSnapshot, trip: Trip): RolloutSnaps
 
 export function sameSnapshot (a: RolloutSnapshot, b: RolloutSnapshot): boolean {
   return a.percent === b.percent && a.state === b.state && a.allow === b.allow && a.deny === b.deny &&
-    a.trip?.at === b.trip?.at && a.trip?.level === b.trip?.level
+    a.trip?.at === b.trip?.at && a.trip?.level === b.trip?.level && a.armedAt === b.armedAt
 }
 
 function sameMembers (current: ReadonlySet<string>, next: string[]): boolean {

@@ -1,8 +1,17 @@
 import { EventEmitter } from 'node:events'
 import type { Logger } from 'pino'
+import { every, Listeners, type Periodic } from '../background.ts'
 import { isReady, type RedisClient } from './redis.ts'
-import { dialOf, WRONG_TYPE, type InvalidValue, type RolloutStore, type Trip, type Actor, type RawDial } from './store.ts'
+import { dialOf, WRONG_TYPE, type InvalidValue, type RolloutStore, type SharedRollout, type Trip } from './store.ts'
 import { initialSnapshot, nextSnapshot, rolledBack, sameSnapshot, type RolloutSnapshot } from './snapshot.ts'
+
+type RawDials = SharedRollout['raw']
+
+/** A local rollback waiting to be written: the trip, and the command that writes it (true when it changed Redis). */
+interface PendingRollback {
+  trip: Trip
+  write: () => Promise<boolean>
+}
 
 export interface RolloutSyncOptions {
   initialPercent: number
@@ -13,6 +22,8 @@ export interface RolloutSyncOptions {
   /** How long start() waits for a first connection before serving the initial state. */
   startupWaitMs: number
   now?: () => number
+  /** Counts reads that failed while Redis was connected. */
+  failures?: { inc: () => void }
 }
 
 export interface RolloutSyncEvents {
@@ -20,9 +31,9 @@ export interface RolloutSyncEvents {
   invalid: [value: InvalidValue]
   persisted: [trip: Trip]
   /** The raw percent or state moved since the previous read (by dbshift or by hand: the fleet audits the latter). */
-  dial: [raw: RawDial, previous: RawDial]
+  dial: [raw: RawDials, previous: RawDials]
   /** A change was announced on the events channel (any change made through dbshift, the schedule's included). */
-  announced: []
+  eventReceived: []
 }
 
 /**
@@ -34,12 +45,14 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
   #current: RolloutSnapshot
   #lastSyncAt = 0
   #lastDial: string | undefined
-  #lastRaw: RawDial | undefined
+  #lastRaw: RawDials | undefined
   #lastFullSync = 0
-  #pendingRollback: { trip: Trip, actor: Actor } | undefined
+  #pendingRollback: PendingRollback | undefined
+  #failing = false
   /** Invalid values already reported, so each is logged and counted once, not on every poll. */
   readonly #reported = new Set<string>()
-  #timer: NodeJS.Timeout | undefined
+  #poller: Periodic | undefined
+  readonly #listeners = new Listeners()
   #syncing: Promise<void> | undefined
   #closed = false
 
@@ -81,7 +94,7 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
    * without Redis serves the configured initial state and catches up in the background.
    */
   async start (): Promise<void> {
-    const onReady = (): void => { this.refresh().catch(() => {}) }
+    const onReady = (): void => { this.refresh().catch((err: unknown) => { this.#failed(err) }) }
     // Subscribing is ours, on every (re)connect, with its error handled: ioredis's own autoResubscribe leaves a
     // rejected promise unhandled when Redis drops again during the re-subscribe, which would end the process.
     const subscribe = (): void => {
@@ -89,20 +102,38 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
         this.#log.warn({ err }, 'subscribing to rollout events failed; will retry on reconnect')
       })
     }
-    this.#redis.on('ready', onReady)
-    this.#subscriber.on('ready', () => {
+    this.#listeners.on(this.#redis, 'ready', onReady)
+    this.#listeners.on(this.#subscriber, 'ready', () => {
       subscribe()
       onReady()
     })
-    this.#subscriber.on('message', (channel: string) => {
+    this.#listeners.on(this.#subscriber, 'message', (channel: string) => {
       if (channel !== this.#store.keys.events) return
       onReady()
-      this.emit('announced')
+      this.emit('eventReceived')
     })
     if (isReady(this.#subscriber)) subscribe()
-    this.#schedule()
+    this.#poller = every('the rollout poll', async () => { await this.#poll() }, {
+      intervalMs: this.#options.pollIntervalMs,
+      log: this.#log,
+      onError: (err) => { this.#failed(err) }
+    })
     if (!isReady(this.#redis)) await this.#firstConnection()
-    await this.refresh().catch(() => {})
+    await this.refresh().catch((err: unknown) => { this.#failed(err) })
+  }
+
+  /**
+   * A read that failed. Redis away is reported by the connection's own events; a Redis that is connected and
+   * still fails (slow, refusing commands) is said once per streak, not hidden.
+   */
+  #failed (err: unknown): void {
+    if (!isReady(this.#redis) || this.#closed) {
+      this.#log.debug({ err }, 'reading the rollout failed while Redis is away')
+      return
+    }
+    this.#options.failures?.inc()
+    if (!this.#failing) this.#log.warn({ err }, 'reading the rollout from Redis failed although it is connected; routing on the last valid state and retrying')
+    this.#failing = true
   }
 
   /** Waits (bounded) for the connection being made at start-up, so a healthy Redis is read before serving. */
@@ -120,8 +151,9 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
 
   async close (): Promise<void> {
     this.#closed = true
-    clearTimeout(this.#timer)
-    await this.#syncing?.catch(() => {})
+    this.#listeners.removeAll()
+    await this.#poller?.stop()
+    await this.#syncing?.catch((err: unknown) => { this.#log.debug({ err }, 'the last rollout read failed while closing') })
   }
 
   /** Reads everything now (and writes a pending rollback first). Concurrent calls share one read. */
@@ -135,14 +167,16 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
    * Routes everyone to legacy on this instance now, then writes the rollback to Redis (at once if it can,
    * else on every poll until it succeeds). Returns true when Redis already has it.
    */
-  async rollbackLocally (trip: Trip, actor: Actor): Promise<boolean> {
-    this.#pendingRollback = { trip, actor }
+  async rollbackLocally (trip: Trip, write: () => Promise<boolean>): Promise<boolean> {
+    this.#pendingRollback = { trip, write }
     this.#apply(rolledBack(this.#current, trip))
     try {
       await this.refresh()
       // A read already in flight began before this rollback was queued and did not write it: one more does.
       if (this.#pendingRollback !== undefined) await this.refresh()
-    } catch {}
+    } catch (err) {
+      this.#failed(err)
+    }
     return this.#pendingRollback === undefined
   }
 
@@ -150,28 +184,27 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
     if (this.#closed || !isReady(this.#redis)) throw new Error('Redis is not connected')
     const pending = this.#pendingRollback
     if (pending !== undefined) {
-      await this.#store.rollback(pending.trip, pending.actor)
+      await pending.write()
       if (this.#pendingRollback === pending) this.#pendingRollback = undefined
       this.emit('persisted', pending.trip)
     }
-    const { record, invalid, dial, raw } = await this.#store.read()
+    const shared = await this.#store.read()
+    this.#failing = false
     this.#lastSyncAt = this.#now()
     this.#lastFullSync = this.#lastSyncAt
-    this.#report(invalid)
+    this.#report(shared.invalid)
     const k = this.#store.keys
-    const missing = {
-      percent: record.percent === undefined && !invalid.some((v) => v.key === k.percent),
-      state: record.state === undefined && !invalid.some((v) => v.key === k.state)
-    }
+    const raw = shared.raw
+    const dial = dialOf(raw.percent, raw.state)
     const previousRaw = this.#lastRaw
     this.#lastDial = dial
     this.#lastRaw = raw
     if (previousRaw !== undefined && dialOf(previousRaw.percent, previousRaw.state) !== dial) this.emit('dial', raw, previousRaw)
     // A set key of the wrong type is garbage, not an empty set: keep the last valid members.
-    const wrongType = (key: string): boolean => invalid.some((v) => v.key === key && v.value === WRONG_TYPE)
-    if (wrongType(k.allow)) record.allow = [...this.#current.allow]
-    if (wrongType(k.deny)) record.deny = [...this.#current.deny]
-    let next = nextSnapshot(this.#current, record, missing, this.#options.initialPercent)
+    const wrongType = (key: string): boolean => shared.invalid.some((v) => v.key === key && v.value === WRONG_TYPE)
+    if (wrongType(k.allow)) shared.allow = [...this.#current.allow]
+    if (wrongType(k.deny)) shared.deny = [...this.#current.deny]
+    let next = nextSnapshot(this.#current, shared)
     const stillPending = this.#pendingRollback as typeof pending
     if (stillPending !== undefined) next = rolledBack(next, stillPending.trip)
     this.#apply(next)
@@ -187,14 +220,6 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
     const [percent, state] = await this.#redis.mget(k.percent, k.state)
     this.#lastSyncAt = this.#now()
     if (dialOf(percent, state) !== this.#lastDial) await this.refresh()
-  }
-
-  #schedule (): void {
-    if (this.#closed) return
-    this.#timer = setTimeout(() => {
-      this.#poll().catch(() => {}).finally(() => this.#schedule())
-    }, this.#options.pollIntervalMs)
-    this.#timer.unref()
   }
 
   #apply (next: RolloutSnapshot): void {

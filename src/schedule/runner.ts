@@ -1,9 +1,12 @@
 import type { Logger } from 'pino'
+import { every, type Periodic } from '../background.ts'
+import type { Actor } from '../control/audit.ts'
+import type { RolloutControl, ScheduleChange } from '../control/commands.ts'
+import type { Lease } from '../control/lease.ts'
 import { isReady, type RedisClient } from '../rollout/redis.ts'
-import type { Actor, RolloutStore } from '../rollout/store.ts'
-import { isActive, type Schedule } from './schedule.ts'
-import type { ScheduleStore } from './store.ts'
-import { Lease } from './lease.ts'
+import type { RolloutStore } from '../rollout/store.ts'
+import { isActive, type Schedule } from '../rollout/schedule.ts'
+import type { ScheduleStore } from '../rollout/schedule-store.ts'
 
 /** Ticks between checks while no schedule runs (a schedule started meanwhile waits at most this many ticks). */
 const IDLE_TICKS = 5
@@ -12,15 +15,16 @@ export interface ScheduleRunnerOptions {
   instanceId: string
   store: RolloutStore
   schedules: ScheduleStore
+  control: RolloutControl
   redis: RedisClient
-  /** Used for a missing `percent` key, as everywhere else. */
-  initialPercent: number
   /** How often the schedule is checked. */
   tickMs: number
   /** How long the lease lasts without renewal: the longest a dead runner holds the schedule up. */
   leaseMs: number
   now: () => number
   log: Logger
+  /** Counts failed checks. */
+  failures?: { inc: () => void }
 }
 
 /**
@@ -34,14 +38,14 @@ export class ScheduleRunner {
   readonly #actor: Actor
   #holding = false
   #running = false
-  #timer: NodeJS.Timeout | undefined
+  #periodic: Periodic | undefined
   #ticking: Promise<void> | undefined
   #again = false
   #closed = false
 
   constructor (options: ScheduleRunnerOptions) {
     this.#o = options
-    this.#lease = new Lease(options.redis, options.schedules.keys.scheduleLease, options.instanceId, options.leaseMs)
+    this.#lease = options.control.scheduleLease(options.instanceId, options.leaseMs)
     this.#actor = { by: options.instanceId, source: 'schedule' }
   }
 
@@ -51,46 +55,48 @@ export class ScheduleRunner {
   }
 
   start (): void {
-    this.#loop()
+    // With no schedule running, look five times less often: that read is most of an idle instance's Redis cost.
+    this.#periodic = every('the ramp schedule check', async () => {
+      this.checkNow()
+      await this.#ticking
+    }, { intervalMs: () => this.#running ? this.#o.tickMs : this.#o.tickMs * IDLE_TICKS, immediately: true, log: this.#o.log })
   }
 
   /** Checks now (after a change of the rollout: a trip must abort the schedule at once). */
-  kick (): void {
+  checkNow (): void {
     if (this.#closed) return
     if (this.#ticking !== undefined) {
       this.#again = true
       return
     }
     this.#ticking = this.tick()
-      .catch((err: unknown) => { this.#o.log.warn({ err }, 'checking the ramp schedule failed; retrying') })
+      .catch((err: unknown) => {
+        this.#o.failures?.inc()
+        this.#o.log.warn({ err }, 'checking the ramp schedule failed; retrying')
+      })
       .finally(() => {
         this.#ticking = undefined
         if (this.#again) {
           this.#again = false
-          this.kick()
+          this.checkNow()
         }
       })
   }
 
   async close (): Promise<void> {
     this.#closed = true
-    clearTimeout(this.#timer)
+    await this.#periodic?.stop()
     await this.#ticking
-    if (this.#holding && isReady(this.#o.redis)) await this.#lease.release().catch(() => {})
+    if (this.#holding && isReady(this.#o.redis)) {
+      // Not fatal: the lease expires by itself within leaseMs.
+      await this.#lease.release().catch((err: unknown) => { this.#o.log.debug({ err }, 'releasing the ramp schedule lease failed; it expires by itself') })
+    }
     this.#holding = false
-  }
-
-  #loop (): void {
-    if (this.#closed) return
-    this.kick()
-    // With no schedule running, look five times less often: that read is most of an idle instance's Redis cost.
-    this.#timer = setTimeout(() => this.#loop(), this.#running ? this.#o.tickMs : this.#o.tickMs * IDLE_TICKS)
-    this.#timer.unref()
   }
 
   /** One check of the schedule: the whole decision, from what Redis holds now. */
   async tick (): Promise<void> {
-    const { redis, schedules, store, log } = this.#o
+    const { redis, schedules, store, control, log } = this.#o
     if (!isReady(redis)) return
     const { schedule, raw } = await schedules.read()
     this.#running = isActive(schedule)
@@ -106,20 +112,20 @@ export class ScheduleRunner {
     if (!this.#holding) {
       this.#holding = true
       log.info('this instance now advances the ramp schedule')
-      await store.recordAudit('schedule_runner', this.#actor, { new: this.#o.instanceId, reason: 'took the ramp schedule lease' })
+      await control.record('schedule_runner', this.#actor, { new: this.#o.instanceId, reason: 'took the ramp schedule lease' })
     }
-    const { record } = await store.read()
-    const frozen = await redis.get(schedules.keys.freeze)
+    const shared = await store.read()
+    const frozen = shared.freeze
     const now = this.#o.now()
-    const dial = record.percent ?? this.#o.initialPercent
-    const write = async (next: Schedule, action: string, reason: string, percent?: number): Promise<void> => {
-      const result = await schedules.write(raw, next, this.#actor, { action, old: String(schedule.percent ?? dial), new: String(next.percent ?? dial), reason, percent })
+    const dial = shared.percent
+    const write = async (next: Schedule, action: ScheduleChange['action'], reason: string, percent?: number): Promise<void> => {
+      const result = await control.writeSchedule(raw, next, this.#actor, { action, old: String(schedule.percent ?? dial), new: String(next.percent ?? dial), reason, percent })
       if (result !== 'ok') log.info({ result, action }, 'ramp schedule step deferred')
       else log.info({ action, step: next.step + 1, percent: next.percent, status: next.status, reason }, 'ramp schedule changed')
     }
 
-    if (record.state === 'rolled_back') {
-      const trip = record.trip
+    if (shared.state === 'rolled_back') {
+      const trip = shared.trip
       const note = `rolled back${trip === undefined ? '' : ` (${trip.level}: ${trip.reason})`}`
       return await write({ ...schedule, status: 'aborted', bakeFrom: null, note }, 'schedule_abort', note)
     }
@@ -143,7 +149,7 @@ export class ScheduleRunner {
   }
 
   /** Takes the next step above the dial (a schedule never moves users back), or ends the schedule. */
-  async #take (schedule: Schedule, dial: number, now: number, write: (next: Schedule, action: string, reason: string, percent?: number) => Promise<void>): Promise<void> {
+  async #take (schedule: Schedule, dial: number, now: number, write: (next: Schedule, action: ScheduleChange['action'], reason: string, percent?: number) => Promise<void>): Promise<void> {
     const first = schedule.step < 0
     const index = schedule.steps.findIndex((step, i) => i > schedule.step && (first ? step.percent >= dial : step.percent > dial))
     const total = schedule.steps.length

@@ -104,7 +104,7 @@ async function main (): Promise<void> {
       const percent = k % 2 === 0 ? 10 : 20
       const t0 = performance.now()
       const seen = everywhere(apps, t0, (s) => s.percent === percent)
-      await (apps[k % N] as App).store.setPercent(percent, { by: 'bench', source: 'api' })
+      await (apps[k % N] as App).control.setPercent(percent, { by: 'bench', source: 'api' })
       const delays = await seen
       pushedEach.push(...delays)
       pushed.push(Math.max(...delays))

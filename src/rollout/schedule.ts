@@ -1,5 +1,5 @@
 import ms from 'ms'
-import { parsePercent, PERCENT_RULE } from '../rollout/values.ts'
+import { parsePercent, PERCENT_RULE } from './values.ts'
 
 /** One step of a ramp: the percentage to set, and how long it must bake healthy before the next one. */
 export interface RampStep {

@@ -8,6 +8,10 @@ export interface WebhookOptions {
   log: Logger
   /** The pause before retry n (1-based); doubles from 250 ms, at most 5 s. */
   backoffMs?: (retry: number) => number
+  /** What is being delivered, for the log lines (default "webhook"). */
+  what?: string
+  /** What the operator should do when it is not delivered, appended to the final error line. */
+  giveUp?: string
 }
 
 export interface WebhookResult {
@@ -37,18 +41,32 @@ export async function postWebhook (url: string, payload: Record<string, unknown>
         body,
         signal: AbortSignal.timeout(options.timeoutMs)
       })
-      await res.arrayBuffer().catch(() => {})
+      // The answer's body means nothing here; reading it frees the connection, and a broken one changes nothing.
+      await res.arrayBuffer().catch(() => undefined)
       last = { ok: res.ok, attempts: attempt, status: res.status }
       if (res.ok) {
-        options.log.info({ url, attempts: attempt, status: res.status }, 'webhook delivered')
+        options.log.info({ url, attempts: attempt, status: res.status }, `${options.what ?? 'webhook'} delivered`)
         return last
       }
       if (res.status < 500 && res.status !== 408 && res.status !== 429) break // the receiver refuses it: retrying will not help
     } catch (err) {
-      last = { ok: false, attempts: attempt, error: (err as Error).message }
+      last = { ok: false, attempts: attempt, error: causeOf(err, options.timeoutMs) }
     }
-    options.log.warn({ url, attempt, status: last.status, error: last.error }, 'webhook attempt failed')
+    options.log.warn({ url, attempt, status: last.status, error: last.error }, `${options.what ?? 'webhook'} attempt failed`)
   }
-  options.log.error({ url, attempts: last.attempts, status: last.status, error: last.error }, 'webhook could not be delivered; start the data rollback by hand')
+  const cause = last.error ?? `HTTP ${last.status ?? '?'}`
+  options.log.error({ url, attempts: last.attempts, status: last.status, error: last.error }, `${options.what ?? 'webhook'} could not be delivered (${cause})${options.giveUp === undefined ? '' : `; ${options.giveUp}`}`)
   return last
+}
+
+/**
+ * Why an attempt failed, in words an operator can act on: fetch says only "fetch failed" and keeps the reason
+ * (ECONNREFUSED, a DNS failure, a TLS error) in its cause.
+ */
+function causeOf (err: unknown, timeoutMs: number): string {
+  const error = err as Error & { cause?: { code?: string, message?: string } }
+  if (error.name === 'TimeoutError') return `no answer within ${timeoutMs} ms`
+  const cause = error.cause
+  if (cause === undefined) return error.message
+  return [cause.code, cause.message].filter((part) => part !== undefined && part !== '').join(': ') || error.message
 }

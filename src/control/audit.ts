@@ -1,0 +1,37 @@
+/**
+ * The audit vocabulary: every `action` an entry of the `audit` stream can carry, and who made it. The command
+ * layer writes nothing else; the README's table of actions is tested against this list.
+ */
+export const AUDIT_ACTIONS = [
+  'set_percent',
+  'set_percent_refused',
+  'rollback',
+  'resume',
+  'freeze',
+  'unfreeze',
+  'allow_add',
+  'allow_rm',
+  'deny_add',
+  'deny_rm',
+  'hand_set',
+  'schedule_start',
+  'schedule_step',
+  'schedule_bake',
+  'schedule_hold',
+  'schedule_pause',
+  'schedule_continue',
+  'schedule_abort',
+  'schedule_done',
+  'schedule_runner'
+] as const
+
+export type AuditAction = typeof AUDIT_ACTIONS[number]
+
+/** Who makes a change, for the audit stream. */
+export interface Actor {
+  by: string
+  source: 'cli' | 'api' | 'guard' | 'schedule' | 'redis'
+}
+
+/** Audit stream length; older entries are trimmed (approximately, which is cheap). */
+export const AUDIT_MAX_LENGTH = 10_000

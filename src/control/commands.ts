@@ -1,0 +1,341 @@
+import type { Logger } from 'pino'
+import type { Metrics } from '../metrics.ts'
+import { MAX_KEY_BYTES } from '../routing/user-key.ts'
+import type { RolloutKeys } from '../rollout/keys.ts'
+import { isReady, type RedisClient } from '../rollout/redis.ts'
+import { wrongTypeMessage, type RolloutStore, type Trip } from '../rollout/store.ts'
+import type { RolloutSync } from '../rollout/sync.ts'
+import { parsePercent, PERCENT_RULE } from '../rollout/values.ts'
+import { describePlan, describeProgress, isActive, type RampStep, type Schedule } from '../rollout/schedule.ts'
+import type { ScheduleStore } from '../rollout/schedule-store.ts'
+import type { Actor, AuditAction } from './audit.ts'
+import { Lease } from './lease.ts'
+import type { Notifier } from './notify.ts'
+import { refused, type CommandResult, type Refused } from './results.ts'
+import { Scripts, type AuditHeader } from './scripts.ts'
+
+/**
+ * What became of a rollback: `tripped` (this one is the rollback Redis holds), `pending` (in force here,
+ * written to Redis as soon as it is reachable) or `joined` (another instance or an operator got there first:
+ * still one rollback, not two).
+ */
+export type TripOutcome = 'tripped' | 'pending' | 'joined'
+
+/** Why a schedule write did not happen. */
+export type WriteRefusal = 'conflict' | 'rolled_back' | 'frozen'
+
+export interface ScheduleChange {
+  /** Audit action; undefined writes no entry and no event. */
+  action?: AuditAction
+  old?: string
+  new?: string
+  reason?: string
+  /** Set this percentage in the same step (refused while rolled back or frozen). */
+  percent?: number
+}
+
+export type RampVerb = 'pause' | 'continue' | 'abort'
+
+export interface ControlOptions {
+  redis: RedisClient
+  store: RolloutStore
+  schedules: ScheduleStore
+  initialPercent: number
+  log: Logger
+  now?: () => number
+  /** On an instance: safety moves apply here before anything is awaited, and a change is re-read at once. */
+  sync?: RolloutSync
+  /** On an instance: rollbacks are counted in dbshift_guard_trips_total. */
+  metrics?: Metrics
+  notifier?: Notifier
+  /**
+   * The `dbshift` command: the live instances per rollout name. A change to a rollout that none follows, while
+   * other rollouts have some (a mistyped --rollout), is refused.
+   */
+  requireFollowers?: () => Promise<Map<string, number>>
+}
+
+/** A rollback's reason when the operator gave none, by where it came from. */
+const DEFAULT_REASONS: Record<Actor['source'], string> = {
+  api: 'rolled back through the admin API',
+  cli: 'rolled back with the dbshift command',
+  guard: 'rolled back by a guard',
+  schedule: 'rolled back by the ramp schedule',
+  redis: 'rolled back by hand in Redis'
+}
+
+/** How many times a rollback that failed while Redis is connected is written again before it is called pending. */
+const ROLLBACK_ATTEMPTS = 3
+/** How long the claim on a change made by hand lasts: longer than any instance takes to notice it. */
+const HAND_CLAIM_MS = 60_000
+const BY_HAND: Actor = { by: 'by hand (not through dbshift)', source: 'redis' }
+
+/**
+ * The command layer: the only writer of rollout state. Every change, from the admin API, the `dbshift` command,
+ * the guards, the ramp schedule or a change noticed in Redis, is one method here that checks its preconditions,
+ * runs one script (the change with its audit entry and its event) and says what became of it. A rule written
+ * here holds for every caller.
+ */
+export class RolloutControl {
+  readonly keys: RolloutKeys
+  readonly #o: ControlOptions
+  readonly #scripts: Scripts
+  readonly #now: () => number
+
+  constructor (options: ControlOptions) {
+    this.#o = options
+    this.keys = options.store.keys
+    this.#scripts = new Scripts(options.redis, this.keys)
+    this.#now = options.now ?? Date.now
+  }
+
+  /** Turns the dial. A raise is refused while the L2 guard freezes the ramp; the same value is a no-op. */
+  async setPercent (percent: number, actor: Actor, reason = ''): Promise<CommandResult<{ percent: number, previous: string | null, state: string }>> {
+    if (parsePercent(String(percent)) === undefined) return refused('DBSHIFT_ERR_INVALID_VALUE', `percent must be ${PERCENT_RULE}`)
+    const blocked = await this.#preconditions(actor, 'moving traffic toward migrated needs Redis; try again when it is back')
+    if (blocked !== undefined) return blocked
+    const k = this.keys
+    const [done, old, frozenBecause, state] = await this.#scripts.change('dbshiftSetPercent', this.#header(actor, reason), [k.percent, k.freeze, k.state],
+      [String(percent), this.#o.initialPercent]) as [number, string, string, string]
+    if (done === 0) {
+      this.#o.log.warn({ percent, by: actor.by, frozenBecause }, 'refused a raise of the percentage: the ramp is frozen')
+      return refused('DBSHIFT_ERR_RAMP_FROZEN', `${frozenBecause || 'the L2 guard froze it'}; lowering the percentage still works`)
+    }
+    if (done === 1) await this.#reread()
+    return { status: done === 1 ? 'ok' : 'noop', percent, previous: old === '' ? null : old, state: state === '' ? 'active' : state }
+  }
+
+  /**
+   * Sends everyone to legacy, fleet-wide. On an instance the move applies here at once (safety moves never wait)
+   * and is written to Redis as soon as it can be; a rollback already in force is a no-op.
+   */
+  async rollback (request: { level?: string, reason?: string }, actor: Actor): Promise<CommandResult<{ trip: Trip, outcome: TripOutcome }>> {
+    const at = this.#now()
+    const trip: Trip = { level: request.level ?? 'manual', reason: request.reason === undefined || request.reason === '' ? DEFAULT_REASONS[actor.source] : request.reason, at: new Date(at).toISOString(), by: actor.by }
+    const header = this.#header(actor, trip.reason, at)
+    const write = async (): Promise<boolean> => await this.#scripts.change('dbshiftRollback', header, [this.keys.state, this.keys.trip], [trip.level, trip.at]) === 1
+    const sync = this.#o.sync
+    let outcome: TripOutcome
+    if (sync === undefined) {
+      const blocked = await this.#preconditions(actor, 'a rollback with the dbshift command is written to Redis')
+      if (blocked !== undefined) return blocked
+      outcome = await write() ? 'tripped' : 'joined'
+    } else {
+      let persisted = await sync.rollbackLocally(trip, write)
+      // With Redis connected, a write that failed (a command timeout under load) is tried again before the trip is
+      // called pending: whether it was this rollback or another's must come from Redis, not a guess.
+      for (let attempt = 0; !persisted && isReady(this.#o.redis) && attempt < ROLLBACK_ATTEMPTS; attempt++) {
+        await sync.refresh().catch((err: unknown) => { this.#o.log.warn({ err }, 'writing the rollback to Redis failed; trying again') })
+        persisted = !sync.rollbackPending
+      }
+      const recorded = sync.current.trip
+      outcome = !persisted ? 'pending' : recorded?.by === trip.by && recorded.at === trip.at ? 'tripped' : 'joined'
+    }
+    if (outcome === 'joined') return { status: 'noop', trip, outcome }
+    this.#o.metrics?.guardTrips.labels(trip.level).inc()
+    this.#o.notifier?.send({ action: actor.source === 'guard' ? 'trip' : 'rollback', actor, reason: trip.reason, level: trip.level, at, pending: outcome === 'pending' })
+    return { status: 'ok', trip, outcome }
+  }
+
+  /** Re-arms the rollout after a rollback, fleet-wide: the re-arm time is kept in Redis for instances that start later. */
+  async resume (actor: Actor, reason = ''): Promise<CommandResult<{ percent: number }>> {
+    const blocked = await this.#preconditions(actor, 'resuming moves traffic toward migrated and needs Redis')
+    if (blocked !== undefined) return blocked
+    const k = this.keys
+    const header = this.#header(actor, reason)
+    const done = await this.#scripts.change('dbshiftResume', header, [k.state, k.trip, k.armed]) === 1
+    if (done) {
+      await this.#reread()
+      this.#o.notifier?.send({ action: 'resume', actor, reason, at: header.at })
+    }
+    // The percentage it follows again, for the caller's message; not worth failing the resume over.
+    const shared = await this.#o.store.read().catch((err: unknown) => { this.#o.log.debug({ err }, 'reading the percentage after a resume failed') })
+    return { status: done ? 'ok' : 'noop', percent: shared?.percent ?? this.#o.initialPercent }
+  }
+
+  /** Freezes the ramp (L2): a raise of the percentage is refused while the key holds `reason`. */
+  async freeze (reason: string, actor: Actor): Promise<CommandResult> {
+    const header = this.#header(actor, reason)
+    const done = await this.#scripts.change('dbshiftFreeze', header, [this.keys.freeze]) === 1
+    if (done) this.#o.notifier?.send({ action: 'freeze', actor, reason, at: header.at })
+    return { status: done ? 'ok' : 'noop' }
+  }
+
+  /** Lifts the L2 freeze. */
+  async unfreeze (actor: Actor, reason = ''): Promise<CommandResult> {
+    const header = this.#header(actor, reason)
+    const done = await this.#scripts.change('dbshiftUnfreeze', header, [this.keys.freeze]) === 1
+    if (done) this.#o.notifier?.send({ action: 'unfreeze', actor, reason, at: header.at })
+    return { status: done ? 'ok' : 'noop' }
+  }
+
+  /** Adds or removes a user key (a UTF-8 string of 1 to 256 bytes) in the allow or deny set. */
+  async changeMember (set: 'allow' | 'deny', op: 'add' | 'rm', user: unknown, actor: Actor): Promise<CommandResult<{ set: 'allow' | 'deny', op: 'add' | 'rm', user: string }>> {
+    if (typeof user !== 'string' || user === '' || Buffer.byteLength(user) > MAX_KEY_BYTES) {
+      return refused('DBSHIFT_ERR_INVALID_VALUE', `a user key must be a string of 1 to ${MAX_KEY_BYTES} bytes${typeof user === 'string' ? '' : ` (got ${user === null ? 'null' : typeof user})`}`)
+    }
+    const blocked = await this.#preconditions(actor, `changing the ${set}-set needs Redis`)
+    if (blocked !== undefined) return blocked
+    const action = `${set}_${op}` as const
+    let done: boolean
+    try {
+      done = await this.#scripts.change('dbshiftMember', this.#header(actor, ''), [this.keys[set]], [op, user, action]) === 1
+    } catch (err) {
+      // A key of the wrong Redis type (a string where the set belongs) is a bad value in Redis, not a failure.
+      if (!(err instanceof Error) || !err.message.includes('WRONGTYPE')) throw err
+      return refused('DBSHIFT_ERR_INVALID_VALUE', wrongTypeMessage(this.keys[set]))
+    }
+    if (done) await this.#reread()
+    return { status: done ? 'ok' : 'noop', set, op, user }
+  }
+
+  /** Starts a ramp schedule; a runner takes its first step. */
+  async startRamp (steps: RampStep[], actor: Actor): Promise<CommandResult<{ schedule: Schedule }>> {
+    const blocked = await this.#preconditions(actor, 'starting a ramp schedule needs Redis')
+    if (blocked !== undefined) return blocked
+    const shared = await this.#o.store.read()
+    if (shared.state === 'rolled_back') return refused('DBSHIFT_ERR_CONFLICT', `the rollout is rolled back: ${hint(actor, 'resume')} before starting a ramp`)
+    const last = steps.at(-1)?.percent ?? 0
+    if (last <= shared.percent) return refused('DBSHIFT_ERR_CONFLICT', `the dial is already at ${shared.percent}%, at or above every step`)
+    const { schedule: current, raw } = await this.#o.schedules.read()
+    const now = this.#now()
+    if (isActive(current)) return refused('DBSHIFT_ERR_CONFLICT', `a ramp schedule is already active (${describeProgress(current, now)}); ${hint(actor, 'abort')} first`)
+    const schedule: Schedule = { steps, step: -1, status: 'running', percent: null, stepAt: null, bakeFrom: null, note: '', by: actor.by, createdAt: now, updatedAt: now }
+    const result = await this.writeSchedule(raw, schedule, actor, { action: 'schedule_start', new: describePlan(steps) })
+    if (result !== 'ok') return refused('DBSHIFT_ERR_CONFLICT', 'the ramp schedule changed under this command; try again')
+    return { status: 'ok', schedule }
+  }
+
+  /** Pauses, continues or aborts the active schedule. Continuing accepts the dial as it is. */
+  async controlRamp (verb: RampVerb, actor: Actor, reason = ''): Promise<CommandResult<{ schedule: Schedule }>> {
+    const blocked = await this.#preconditions(actor, `${verb === 'continue' ? 'continuing' : verb === 'pause' ? 'pausing' : 'aborting'} the ramp schedule needs Redis`)
+    if (blocked !== undefined) return blocked
+    let dial: number | undefined
+    if (verb === 'continue') {
+      const shared = await this.#o.store.read()
+      if (shared.state === 'rolled_back') return refused('DBSHIFT_ERR_CONFLICT', `the rollout is rolled back: ${hint(actor, 'resume')} first`)
+      dial = shared.percent
+    }
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const { schedule, raw } = await this.#o.schedules.read()
+      if (!isActive(schedule)) return refused('DBSHIFT_ERR_CONFLICT', 'no ramp schedule is active')
+      const next: Schedule = { ...schedule }
+      if (verb === 'pause') {
+        if (schedule.status === 'paused') return { status: 'noop', schedule }
+        Object.assign(next, { status: 'paused', bakeFrom: null, note: `paused by ${actor.by}${reason === '' ? '' : `: ${reason}`}` })
+      } else if (verb === 'continue') {
+        if (schedule.status === 'running') return { status: 'noop', schedule }
+        // The operator accepts the dial as it is: later steps at or below it are skipped, never taken downward.
+        Object.assign(next, { status: 'running', bakeFrom: null, note: '', percent: schedule.step < 0 ? null : dial ?? schedule.percent })
+      } else {
+        Object.assign(next, { status: 'aborted', bakeFrom: null, note: `aborted by ${actor.by}${reason === '' ? '' : `: ${reason}`}` })
+      }
+      const result = await this.writeSchedule(raw, next, actor, { action: `schedule_${verb}`, old: schedule.status, new: next.status, reason })
+      if (result === 'ok') return { status: 'ok', schedule: next }
+    }
+    return refused('DBSHIFT_ERR_CONFLICT', 'the schedule kept changing under this command; try again')
+  }
+
+  /**
+   * A guard in dry-run mode would have tripped: the bake of the step in force was not healthy, so it starts again
+   * now. Only the first alarm of a bake is audited, so that an alarm repeated every second does not flood the trail.
+   */
+  async restartBake (why: string, actor: Actor): Promise<boolean> {
+    const { schedule, raw } = await this.#o.schedules.read()
+    if (schedule?.status !== 'running' || schedule.step < 0 || schedule.bakeFrom === null) return false
+    const note = `bake restarted: ${why}`
+    const first = schedule.note !== note
+    const result = await this.writeSchedule(raw, { ...schedule, bakeFrom: this.#now(), note }, actor, {
+      action: first ? 'schedule_hold' : undefined, old: String(schedule.percent ?? ''), new: String(schedule.percent ?? ''), reason: note
+    })
+    return result === 'ok'
+  }
+
+  /** Writes `next` (undefined deletes it) if the schedule still is `raw`, optionally with a step's percentage. */
+  async writeSchedule (raw: string, next: Schedule | undefined, actor: Actor, change: ScheduleChange): Promise<'ok' | WriteRefusal> {
+    const k = this.keys
+    const header = this.#header(actor, change.reason ?? '')
+    if (next !== undefined) next.updatedAt = header.at
+    return await this.#scripts.change('dbshiftSchedule', header, [k.schedule, k.percent, k.state, k.freeze], [
+      raw, next === undefined ? '' : JSON.stringify(next), change.percent === undefined ? '' : String(change.percent),
+      change.action ?? '', change.old ?? '', change.new ?? ''
+    ]) as 'ok' | WriteRefusal
+  }
+
+  /** An audit entry that goes with no change of state (a runner taking the schedule over). */
+  async record (action: AuditAction, actor: Actor, fields: { old?: string, new?: string, reason?: string }): Promise<void> {
+    await this.#scripts.record(action, this.#header(actor, fields.reason ?? ''), { old: fields.old, new: fields.new })
+  }
+
+  /**
+   * A change of `percent` or `state` made outside dbshift (a plain `redis-cli SET`), noticed by `noticedBy`. The
+   * instances that notice it race for `claim`, so the fleet records it once; a hand-made resume re-arms the
+   * guards fleet-wide like any other. False when another instance recorded it.
+   */
+  async recordHandChange (change: { key: 'percent' | 'state', old: string | null, new: string | null, claim: string, noticedBy: string }): Promise<boolean> {
+    const redisKey = this.keys[change.key]
+    const reason = `${redisKey} changed outside dbshift${change.new === null ? ' (deleted)' : ''}; noticed by ${change.noticedBy}`
+    const rolledBackBefore = change.old === 'rolled_back'
+    const rolledBackNow = change.new === 'rolled_back'
+    const resumed = change.key === 'state' && rolledBackBefore && (change.new === null || change.new === 'active')
+    const header = this.#header(BY_HAND, reason)
+    const done = await this.#scripts.change('dbshiftHandChange', header, [this.keys.handChange(change.claim), this.keys.armed],
+      [change.noticedBy, HAND_CLAIM_MS, change.key, change.old ?? '', change.new ?? '', resumed ? '1' : '0']) === 1
+    if (!done) return false
+    this.#o.log.info({ key: redisKey, old: change.old, new: change.new }, 'a change made by hand in Redis was noticed; recorded in the audit stream')
+    if (resumed) {
+      await this.#reread()
+      this.#o.notifier?.send({ action: 'resume', actor: BY_HAND, reason, at: header.at })
+    } else if (change.key === 'state' && rolledBackNow && !rolledBackBefore) {
+      this.#o.notifier?.send({ action: 'rollback', actor: BY_HAND, reason, level: 'manual', at: header.at })
+    }
+    return true
+  }
+
+  /** Writes one instance's heartbeat into the fleet view. */
+  async beat (id: string, beat: string, now: number, ttlMs: number, prune: boolean): Promise<void> {
+    await this.#scripts.run('dbshiftBeat', [this.keys.instances], [id, beat, now, ttlMs, prune ? '1' : '0'])
+  }
+
+  /** Takes an instance out of the fleet view (a graceful stop). */
+  async leave (id: string): Promise<void> {
+    await this.#o.redis.hdel(this.keys.instances, id)
+  }
+
+  /** The lease that lets one instance at a time advance the ramp schedule. */
+  scheduleLease (holder: string, ttlMs: number): Lease {
+    return new Lease(this.#scripts, this.keys.scheduleLease, holder, ttlMs)
+  }
+
+  /** The notifications under way, for a command that exits after its change. */
+  async flush (): Promise<void> {
+    await this.#o.notifier?.flush()
+  }
+
+  #header (actor: Actor, reason: string, at = this.#now()): AuditHeader {
+    return { actor, reason, at }
+  }
+
+  /** What every change that needs Redis checks first. */
+  async #preconditions (actor: Actor, needsRedis: string): Promise<Refused | undefined> {
+    if (!isReady(this.#o.redis)) return refused('DBSHIFT_ERR_REDIS_UNAVAILABLE', needsRedis)
+    const followers = this.#o.requireFollowers
+    if (followers === undefined || actor.source !== 'cli') return undefined
+    const live = await followers()
+    if ((live.get(this.keys.name) ?? 0) > 0 || live.size === 0) return undefined
+    const names = [...live].sort(([a], [b]) => a.localeCompare(b)).map(([name, count]) => `${name} (${count})`).join(', ')
+    return refused('DBSHIFT_ERR_NO_INSTANCES', `no live dbshift instance follows rollout "${this.keys.name}"; rollouts with live instances: ${names}. ` +
+      `Check --rollout (or DBSHIFT_ROLLOUT, rollout.name), or add --force to change "${this.keys.name}" anyway`)
+  }
+
+  /** On an instance, reads the change back at once rather than at the next poll. */
+  async #reread (): Promise<void> {
+    await this.#o.sync?.refresh().catch((err: unknown) => { this.#o.log.debug({ err }, 'reading a change back failed; the poll will catch up') })
+  }
+}
+
+/** How an operator does the next thing, in the words of where the command came from. */
+function hint (actor: Actor, verb: 'resume' | 'abort'): string {
+  if (actor.source !== 'cli') return `${verb} it`
+  return verb === 'resume' ? '"dbshift resume" it' : '"dbshift ramp abort" it'
+}

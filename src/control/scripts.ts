@@ -1,0 +1,242 @@
+import type { RedisClient } from '../rollout/redis.ts'
+import { AUDIT_MAX_LENGTH, type Actor, type AuditAction } from './audit.ts'
+
+/*
+ * Every Lua script dbshift runs on the rollout's keys, registered once per client with ioredis `defineCommand`
+ * (EVALSHA, falling back to EVAL after a Redis restart). Each change is one script: the change, its audit entry
+ * and its event happen together or not at all.
+ *
+ * The argument convention of a change script: KEYS[1] is the audit stream, the script's own keys follow;
+ * ARGV[1..6] is the audit header (at, by, source, reason, events channel, stream length), the script's own
+ * arguments follow from ARGV[7]. The prelude below reads that header and gives every script `audit` and
+ * `announce`, so that each entry and each event has the same shape whoever writes it.
+ */
+const PRELUDE = `
+local AUDIT, AT, BY, SOURCE, REASON, EVENTS, MAXLEN = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local function audit(action, old, new, extra, reason)
+  local fields = {'at', AT, 'action', action, 'old', old, 'new', new, 'by', BY, 'source', SOURCE, 'reason', reason or REASON}
+  for i = 1, #(extra or {}) do fields[#fields + 1] = extra[i] end
+  redis.call('XADD', AUDIT, 'MAXLEN', '~', MAXLEN, '*', unpack(fields))
+end
+local function announce(action, value)
+  redis.call('PUBLISH', EVENTS, cjson.encode({action = action, value = value, by = BY, source = SOURCE, at = AT}))
+end
+`
+
+/** KEYS: audit, percent, freeze, state. ARGV: percent, initial percent. Returns {1 set | 0 refused (frozen) | 2 unchanged, old, frozen reason, state}. */
+const SET_PERCENT = `
+local old = redis.call('GET', KEYS[2])
+local state = redis.call('GET', KEYS[4]) or ''
+if old and tonumber(old) == tonumber(ARGV[7]) then return {2, old, '', state} end
+if redis.call('EXISTS', KEYS[3]) == 1 and tonumber(ARGV[7]) > (tonumber(old or ARGV[8]) or 0) then
+  local frozen = redis.call('GET', KEYS[3]) or ''
+  audit('set_percent_refused', old or '', ARGV[7], nil, 'the ramp is frozen: ' .. frozen)
+  return {0, old or '', frozen, state}
+end
+redis.call('SET', KEYS[2], ARGV[7])
+audit('set_percent', old or '', ARGV[7])
+announce('set_percent', ARGV[7])
+return {1, old or '', '', state}
+`
+
+/** KEYS: audit, state, trip. ARGV: level, trip time (ISO). Returns 1, or 0 when it already was rolled back. */
+const ROLLBACK = `
+local old = redis.call('GET', KEYS[2])
+if old == 'rolled_back' then return 0 end
+redis.call('SET', KEYS[2], 'rolled_back')
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], 'level', ARGV[7], 'reason', REASON, 'at', ARGV[8], 'by', BY)
+audit('rollback', old or 'active', 'rolled_back', {'level', ARGV[7]})
+announce('rollback', ARGV[7])
+return 1
+`
+
+/** KEYS: audit, state, trip, armed. Returns 1, or 0 when it was not rolled back. The re-arm time is the resume's. */
+const RESUME = `
+local old = redis.call('GET', KEYS[2])
+if old ~= 'rolled_back' then return 0 end
+redis.call('SET', KEYS[2], 'active')
+redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[4], AT)
+audit('resume', old, 'active')
+announce('resume', 'active')
+return 1
+`
+
+/** KEYS: audit, freeze. The reason is the freeze's value. Returns 1, or 0 when it already was frozen. */
+const FREEZE = `
+if not redis.call('SET', KEYS[2], REASON, 'NX') then return 0 end
+audit('freeze', '', REASON)
+announce('freeze', REASON)
+return 1
+`
+
+/** KEYS: audit, freeze. Returns 1, or 0 when it was not frozen. */
+const UNFREEZE = `
+local old = redis.call('GET', KEYS[2])
+if not old then return 0 end
+redis.call('DEL', KEYS[2])
+audit('unfreeze', old, '')
+announce('unfreeze', '')
+return 1
+`
+
+/** KEYS: audit, set. ARGV: add|rm, user, action. Returns 1, or 0 when nothing changed (then nothing is audited). */
+const MEMBER = `
+local changed = ARGV[7] == 'add' and redis.call('SADD', KEYS[2], ARGV[8]) or redis.call('SREM', KEYS[2], ARGV[8])
+if changed == 0 then return 0 end
+audit(ARGV[9], '', ARGV[8])
+announce(ARGV[9], ARGV[8])
+return 1
+`
+
+/** KEYS: audit. ARGV: action, old, new, then extra name/value pairs. An entry and nothing else (no event). */
+const RECORD = `
+local extra = {}
+for i = 10, #ARGV do extra[#extra + 1] = ARGV[i] end
+audit(ARGV[7], ARGV[8], ARGV[9], extra)
+return 1
+`
+
+/**
+ * KEYS: audit, claim, armed. ARGV: claimant, claim ms, key name, old, new, re-arm (1|0). A change made by hand:
+ * the first instance to claim it records it (and, for a resume, the re-arm time); the others find it claimed.
+ */
+const HAND_CHANGE = `
+if not redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[8], 'NX') then return 0 end
+audit('hand_set', ARGV[10], ARGV[11], {'key', ARGV[9]})
+if ARGV[12] == '1' then redis.call('SET', KEYS[3], AT) end
+return 1
+`
+
+/**
+ * KEYS: audit, schedule, percent, state, freeze. ARGV: expected schedule text, next text ('' deletes), percentage
+ * to set with it (''), action ('' writes no entry), old, new. Compare-and-set of the schedule with its entry and
+ * event; a step's percentage is set in the same step (never while rolled back or frozen, never over another write).
+ */
+const SCHEDULE = `
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[7] then return 'conflict' end
+if ARGV[9] ~= '' then
+  if redis.call('GET', KEYS[4]) == 'rolled_back' then return 'rolled_back' end
+  if redis.call('EXISTS', KEYS[5]) == 1 then return 'frozen' end
+  local old = redis.call('GET', KEYS[3])
+  redis.call('SET', KEYS[3], ARGV[9])
+  audit('set_percent', old or '', ARGV[9])
+end
+if ARGV[8] == '' then redis.call('DEL', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[8]) end
+if ARGV[10] == '' then return 'ok' end
+audit(ARGV[10], ARGV[11], ARGV[12])
+announce(ARGV[10], ARGV[12])
+return 'ok'
+`
+
+// Scripts that write no audit entry take their own keys and arguments.
+
+/** KEYS: lease. ARGV: holder, ttl ms. Takes the lease or renews it; 0 when someone else holds it. */
+const LEASE_ACQUIRE = `
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`
+
+/** KEYS: lease. ARGV: holder. */
+const LEASE_RELEASE = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`
+
+/**
+ * KEYS: instances. ARGV: id, beat JSON, now, ttl ms, prune (1|0). Writes one instance's beat, sometimes drops the
+ * beats that expired (their instance is gone; readers skip them anyway), and keeps the whole hash expiring so
+ * that a fleet that stopped leaves nothing behind.
+ */
+const BEAT = `
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[5] == '1' then
+  local all = redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    local ok, beat = pcall(cjson.decode, all[i + 1])
+    if not ok or type(beat) ~= 'table' or (tonumber(beat.expiresAt) or 0) < tonumber(ARGV[3]) then redis.call('HDEL', KEYS[1], all[i]) end
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+`
+
+/** Every script: its own keys (the audit stream not counted) and whether it takes the audit header. */
+const SCRIPTS = {
+  dbshiftSetPercent: { keys: 3, lua: SET_PERCENT, audited: true },
+  dbshiftRollback: { keys: 2, lua: ROLLBACK, audited: true },
+  dbshiftResume: { keys: 3, lua: RESUME, audited: true },
+  dbshiftFreeze: { keys: 1, lua: FREEZE, audited: true },
+  dbshiftUnfreeze: { keys: 1, lua: UNFREEZE, audited: true },
+  dbshiftMember: { keys: 1, lua: MEMBER, audited: true },
+  dbshiftRecord: { keys: 0, lua: RECORD, audited: true },
+  dbshiftHandChange: { keys: 2, lua: HAND_CHANGE, audited: true },
+  dbshiftSchedule: { keys: 4, lua: SCHEDULE, audited: true },
+  dbshiftLeaseAcquire: { keys: 1, lua: LEASE_ACQUIRE, audited: false },
+  dbshiftLeaseRelease: { keys: 1, lua: LEASE_RELEASE, audited: false },
+  dbshiftBeat: { keys: 1, lua: BEAT, audited: false }
+} as const
+
+export type AuditedScript = { [K in keyof typeof SCRIPTS]: typeof SCRIPTS[K]['audited'] extends true ? K : never }[keyof typeof SCRIPTS]
+export type PlainScript = Exclude<keyof typeof SCRIPTS, AuditedScript>
+
+/** What every audited change says about itself. */
+export interface AuditHeader {
+  actor: Actor
+  reason: string
+  /** ms since the epoch. */
+  at: number
+}
+
+type ScriptMethod = (...args: Array<string | number>) => Promise<unknown>
+
+const registered = new WeakSet<RedisClient>()
+
+/** Registers every script on a client (once; later calls find them there). */
+export function defineScripts (redis: RedisClient): void {
+  if (registered.has(redis)) return
+  for (const [name, script] of Object.entries(SCRIPTS)) {
+    redis.defineCommand(name, { numberOfKeys: script.keys + (script.audited ? 1 : 0), lua: script.audited ? PRELUDE + script.lua : script.lua })
+  }
+  registered.add(redis)
+}
+
+/** The scripts of one rollout on one client. */
+export class Scripts {
+  readonly #redis: RedisClient
+  readonly #audit: string
+  readonly #events: string
+
+  constructor (redis: RedisClient, keys: { audit: string, events: string }) {
+    defineScripts(redis)
+    this.#redis = redis
+    this.#audit = keys.audit
+    this.#events = keys.events
+  }
+
+  /** Runs a change script: its keys after the audit stream, the audit header before its arguments. */
+  async change (name: AuditedScript, header: AuditHeader, keys: string[], args: Array<string | number> = []): Promise<unknown> {
+    const { actor, reason, at } = header
+    return await this.#method(name)(this.#audit, ...keys, String(at), actor.by, actor.source, reason, this.#events, AUDIT_MAX_LENGTH, ...args)
+  }
+
+  /** Records an entry that goes with no change of its own (a runner taking the schedule over). */
+  async record (action: AuditAction, header: AuditHeader, fields: { old?: string, new?: string, [name: string]: string | undefined }): Promise<void> {
+    const extra: string[] = []
+    for (const [name, value] of Object.entries(fields)) if (name !== 'old' && name !== 'new' && value !== undefined) extra.push(name, value)
+    await this.change('dbshiftRecord', header, [], [action, fields.old ?? '', fields.new ?? '', ...extra])
+  }
+
+  async run (name: PlainScript, keys: string[], args: Array<string | number>): Promise<unknown> {
+    return await this.#method(name)(...keys, ...args)
+  }
+
+  #method (name: keyof typeof SCRIPTS): ScriptMethod {
+    const method = (this.#redis as unknown as Record<string, ScriptMethod>)[name] as ScriptMethod
+    return method.bind(this.#redis)
+  }
+}

@@ -56,7 +56,8 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const now = deps.now ?? Date.now
   const instanceId = config.instanceId ?? `${hostname()}:${process.pid}`
   const registry = deps.registry ?? new Registry()
-  const metrics = new Metrics(registry)
+  const routeNames = config.routes.map((route) => route.name)
+  const metrics = new Metrics(registry, { routes: routeNames })
   const keys = new RolloutKeys(config.redis.prefix, config.rollout.name)
   const ownsRedis = deps.redis === undefined
   const redisOptions = { commandTimeoutMs: config.redis.commandTimeoutMs, connectionName: `dbshift:${instanceId}` }
@@ -67,7 +68,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   // Reported through the control connection; ioredis needs a listener, or an error would end the process.
   listeners.on(subscriber, 'error', (err: Error) => { log.debug({ err }, 'Redis subscriber connection error') })
 
-  const store = new RolloutStore(redis, keys, { initialPercent: config.rollout.initialPercent })
+  const store = new RolloutStore(redis, keys, { initialPercent: config.rollout.initialPercent, routes: routeNames })
   const sync = new RolloutSync(store, redis, subscriber, {
     initialPercent: config.rollout.initialPercent,
     pollIntervalMs: config.redis.pollIntervalMs,

@@ -17,6 +17,7 @@ import { TrafficWindow } from './traffic/window.ts'
 import { createPools, closePools } from './proxy/pools.ts'
 import { createForwarder, sendError } from './proxy/forward.ts'
 import type { AdminOptions } from './admin/options.ts'
+import { headerPolicy } from './proxy/headers.ts'
 import { adminRoutes } from './admin/routes.ts'
 import { closeAll, Listeners } from './background.ts'
 import { RolloutControl } from './control/commands.ts'
@@ -113,6 +114,10 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     retries: config.upstream.retries,
     maxInFlight: config.server.maxInFlight,
     maxUrlBytes: config.server.maxUrlBytes,
+    headers: headerPolicy(config.server.trustedProxies, config.upstream.preserveHost),
+    stuckMs: config.guards.l1.stuckMs,
+    queueTimeoutMs: config.upstream.queueTimeoutMs,
+    writeTimeoutMs: config.server.writeTimeoutMs,
     hooks: guards.hooks,
     draining: () => draining
   })
@@ -123,13 +128,14 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     // A target fastify cannot route (bad percent-encoding, …) gets the same JSON shape as every other refusal.
     frameworkErrors: (error, _request, reply) => {
       reply.hijack()
+      metrics.recordRefused('bad_request')
       sendError(reply.raw, new BadRequestError(error.message), undefined, { connection: 'close' })
     },
     exposeHeadRoutes: false,
     // While draining, requests already on a connection are still served (with Connection: close), not refused.
     return503OnClosing: false,
     forceCloseConnections: 'idle',
-    serverFactory: (handler) => proxyServer(config, handler)
+    serverFactory: (handler) => proxyServer(config, handler, metrics)
   })
   // Bodies are streamed to the upstream untouched: no parser may read them.
   proxy.removeAllContentTypeParsers()
@@ -215,7 +221,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
 }
 
 /** The proxy's HTTP server, with the limits that protect it from slow and oversized clients. */
-function proxyServer (config: Config, handler: Parameters<typeof createServer>[1]): Server {
+function proxyServer (config: Config, handler: Parameters<typeof createServer>[1], metrics: Metrics): Server {
   const server = createServer({
     maxHeaderSize: config.server.maxHeaderBytes,
     requestTimeout: config.server.requestTimeoutMs,
@@ -226,6 +232,12 @@ function proxyServer (config: Config, handler: Parameters<typeof createServer>[1
     // Two Content-Length values, CL with TE and other ambiguous framing are refused by Node's parser (not lenient).
     insecureHTTPParser: false
   }, handler)
+  // What Node's parser refuses (431, 408, malformed framing) never reaches a route: count it here. Fastify's own
+  // clientError listener writes the answer.
+  server.on('clientError', (err: Error & { code?: string }) => {
+    if (err.code === 'ECONNRESET' || err.code === 'EPIPE') return // the client left: nothing was answered
+    metrics.recordRefused(err.code === 'HPE_HEADER_OVERFLOW' ? 'headers_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'bad_request')
+  })
   return server
 }
 

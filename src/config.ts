@@ -48,7 +48,9 @@ export const ConfigSchema = Type.Object({
     headersTimeoutMs: Millis(30_000),
     bodyTimeoutMs: Millis(30_000),
     keepAliveTimeoutMs: Millis(4_000),
-    retries: Type.Integer({ minimum: 0, maximum: 10, default: 1, description: 'retries of an idempotent request that failed before reaching the upstream' })
+    retries: Type.Integer({ minimum: 0, maximum: 10, default: 1, description: 'retries of an idempotent request that failed before reaching the upstream' }),
+    queueTimeoutMs: Millis(10_000),
+    preserveHost: Type.Boolean({ default: true })
   }, { additionalProperties: false, default: {} }),
   server: Type.Object({
     requestTimeoutMs: Millis(300_000, 0),
@@ -57,7 +59,9 @@ export const ConfigSchema = Type.Object({
     maxHeaderBytes: Type.Integer({ minimum: 1024, maximum: 1_048_576, default: 16_384 }),
     maxUrlBytes: Type.Integer({ minimum: 64, maximum: 1_048_576, default: 8_192 }),
     maxInFlight: Type.Integer({ minimum: 0, default: 10_000, description: 'requests in flight before new ones get 503; 0 = no limit' }),
-    shutdownGraceMs: Millis(25_000)
+    shutdownGraceMs: Millis(25_000),
+    writeTimeoutMs: Millis(30_000),
+    trustedProxies: Type.Array(Type.String({ minLength: 1 }), { default: [] })
   }, { additionalProperties: false, default: {} }),
   redis: Type.Object({
     url: Type.String({ pattern: '^(redis|rediss|redis\\+sentinel|redis\\+cluster)://', default: 'redis://127.0.0.1:6379', description: 'must be a redis://, rediss://, redis+sentinel:// or redis+cluster:// URL' }),
@@ -91,7 +95,11 @@ export const ConfigSchema = Type.Object({
       fastMinRequests: Type.Integer({ minimum: 1, default: 20 }),
       compareWithLegacy: Type.Boolean({ default: false }),
       legacyMargin: Type.Number({ minimum: 0, maximum: 1, default: 0.02 }),
-      evaluateIntervalMs: Millis(1_000, 100)
+      evaluateIntervalMs: Millis(1_000, 100),
+      minUsers: Type.Integer({ minimum: 1, default: 10 }),
+      stuckMs: Millis(5_000, 100),
+      latencyRatio: Type.Number({ minimum: 0, default: 0, description: 'migrated p99 above legacy p99 times this trips L1; 0 = off' }),
+      latencyMinRequests: Type.Integer({ minimum: 1, default: 100 })
     }),
     l2: Type.Object({
       enabled: Type.Boolean({ default: true }),

@@ -11,6 +11,7 @@ export const ERROR_CODES = [
   'DBSHIFT_ERR_URI_TOO_LONG',
   'DBSHIFT_ERR_UPSTREAM_UNAVAILABLE',
   'DBSHIFT_ERR_UPSTREAM_TIMEOUT',
+  'DBSHIFT_ERR_UPSTREAM_BUSY',
   'DBSHIFT_ERR_OVERLOADED',
   'DBSHIFT_ERR_FEATURE_PAUSED',
   'DBSHIFT_ERR_UNAUTHORIZED',
@@ -44,6 +45,10 @@ export const UpstreamUnavailableError = createError<'DBSHIFT_ERR_UPSTREAM_UNAVAI
 /** The chosen pool did not answer in time. */
 export const UpstreamTimeoutError = createError<'DBSHIFT_ERR_UPSTREAM_TIMEOUT', 504, [string, Cause?]>(
   'DBSHIFT_ERR_UPSTREAM_TIMEOUT', 'the %s pool did not answer in time', 504)
+
+/** No connection to the chosen pool became free within upstream.queueTimeoutMs. */
+export const UpstreamBusyError = createError<'DBSHIFT_ERR_UPSTREAM_BUSY', 503, [string, Cause?]>(
+  'DBSHIFT_ERR_UPSTREAM_BUSY', 'no connection to the %s pool became free in time', 503)
 
 /** Too many requests in flight: shed rather than fall over. */
 export const OverloadedError = createError<'DBSHIFT_ERR_OVERLOADED', 503, [Cause?]>('DBSHIFT_ERR_OVERLOADED', 'too many requests in flight', 503)

@@ -6,6 +6,13 @@ import { DEFAULT_ROUTE_NAME, REQUEST_CLASSES, type RequestClass } from './routin
 export const UPSTREAM_ERROR_REASONS = ['refused', 'reset', 'timeout', 'dns', 'tls', 'protocol', 'other'] as const
 export type UpstreamErrorReason = typeof UPSTREAM_ERROR_REASONS[number]
 
+/** Why dbshift answered a request itself: the `reason` label of dbshift_refused_total. */
+export const REFUSED_REASONS = [
+  'overloaded', 'bad_request', 'uri_too_long', 'headers_too_large', 'request_timeout', 'fenced', 'paused',
+  'asterisk', 'local_error', 'queue_timeout'
+] as const
+export type RefusedReason = typeof REFUSED_REASONS[number]
+
 export const GUARD_LEVELS = ['L1', 'L2', 'L3', 'manual'] as const
 export type GuardLevel = typeof GUARD_LEVELS[number]
 
@@ -68,6 +75,7 @@ export class Metrics {
   readonly guardDryRuns: Counter<'level'>
   readonly backgroundErrors: Counter<'task'>
   readonly routeRequests: Counter<'route' | 'version' | 'class'>
+  readonly refused: Counter<'reason'>
 
   /**
    * Requests are counted here and handed to prom-client when it collects (at each scrape): a request costs a
@@ -78,6 +86,8 @@ export class Metrics {
   readonly #routeNames: readonly string[]
   /** Requests per (route, version, class) not yet handed to prom-client; see #routeSlot. */
   readonly #pendingRoutes: Float64Array
+  /** The children of dbshift_refused_total, looked up once: shedding under load costs no label lookup. */
+  readonly #refusedBy = {} as Record<RefusedReason, { inc: () => void }>
 
   /** `routes`: the names of the configured routes, in order (the route table's indexes). */
   constructor (registry: Registry, options: { defaultMetrics?: boolean, routes?: readonly string[] } = {}) {
@@ -118,6 +128,7 @@ export class Metrics {
       registers,
       collect: () => this.#flushRoutes()
     })
+    this.refused = new Counter({ name: 'dbshift_refused_total', help: 'Requests dbshift answered itself without an upstream (shed, malformed, too large, paused, ...), by reason.', labelNames: ['reason'], registers })
 
     // Series that exist from the start, at 0, so that rate() and alerts see the first failure as an increase.
     for (const version of VERSIONS) {
@@ -129,6 +140,11 @@ export class Metrics {
     for (const result of SHADOW_RESULTS) this.shadow.labels(result).inc(0)
     for (const task of BACKGROUND_TASKS) this.backgroundErrors.labels(task).inc(0)
     for (const route of this.#routeNames) for (const version of VERSIONS) for (const cls of REQUEST_CLASSES) this.routeRequests.labels(route, version, cls).inc(0)
+    for (const reason of REFUSED_REASONS) {
+      const child = this.refused.labels(reason)
+      child.inc(0)
+      this.#refusedBy[reason] = child
+    }
     this.rolloutPercent.set(0)
     this.rolledBack.set(0)
     this.redisUp.set(0)
@@ -169,6 +185,11 @@ export class Metrics {
       this.routeRequests.labels(route, VERSIONS[(slot >> 1) & 1] as Version, REQUEST_CLASSES[slot & 1] as RequestClass).inc(n)
       pending[slot] = 0
     }
+  }
+
+  /** Counts one request dbshift answered itself. */
+  recordRefused (reason: RefusedReason): void {
+    this.#refusedBy[reason].inc()
   }
 
   #flushRequests (): void {

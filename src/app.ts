@@ -18,6 +18,8 @@ import { createPools, closePools } from './proxy/pools.ts'
 import { createForwarder, sendError } from './proxy/forward.ts'
 import type { AdminOptions } from './admin/options.ts'
 import { headerPolicy } from './proxy/headers.ts'
+import { ReadYourWrites } from './routing/read-your-writes.ts'
+import { RouteTable } from './routing/routes.ts'
 import { adminRoutes } from './admin/routes.ts'
 import { closeAll, Listeners } from './background.ts'
 import { RolloutControl } from './control/commands.ts'
@@ -119,7 +121,12 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     queueTimeoutMs: config.upstream.queueTimeoutMs,
     writeTimeoutMs: config.server.writeTimeoutMs,
     hooks: guards.hooks,
-    draining: () => draining
+    draining: () => draining,
+    routes: new RouteTable(config.routes),
+    readYourWrites: config.rollout.readYourWritesMs === 0
+      ? undefined
+      : new ReadYourWrites({ windowMs: config.rollout.readYourWritesMs, secret: config.rollout.cookieSecret, rollout: config.rollout.name }),
+    now
   })
 
   const proxy = Fastify({

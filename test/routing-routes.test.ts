@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import fc from 'fast-check'
+import picomatch from 'picomatch'
 import { Router, type RoutingState } from '../src/routing/decide.ts'
-import { classOf, DEFAULT_ROUTE, globProblem, RouteTable, type RouteConfig } from '../src/routing/routes.ts'
+import { classOf, DEFAULT_ROUTE, GLOB_OPTIONS, globProblem, RouteTable, type RouteConfig } from '../src/routing/routes.ts'
 import { toByteString } from '../src/routing/user-key.ts'
 
 const router = new Router({ strategy: 'hash', salt: 'default', anonymous: 'legacy' })
@@ -174,4 +175,19 @@ test('a decision is a shared, frozen value: deciding again for the same bucket r
   assert.ok(Object.isFrozen(first))
   assert.ok(Object.isFrozen(router.decide(dials, undefined)))
   assert.notEqual(router.decide(dials, key, 'read'), first)
+})
+
+test('the first match wins whatever the index of first segments skips: the same answer as trying every route in turn (property)', () => {
+  const globs = ['/x/**', '/{x,y}/**', '/*/z', '/x', '/x/y', '/y/*.js', '/x\\*y', '/**', '/z/**', '/x/*/z', '/xy/**']
+  const segment = fc.constantFrom('x', 'y', 'z', 'xy', 'x*y', 'a.js', 'y.js')
+  fc.assert(fc.property(
+    fc.uniqueArray(fc.constantFrom(...globs), { minLength: 1, maxLength: 8 }),
+    fc.array(segment, { minLength: 1, maxLength: 4 }),
+    fc.constantFrom('GET', 'POST'),
+    (chosen, segments, method) => {
+      const configs: RouteConfig[] = chosen.map((path, i) => ({ name: `r${i}`, path, mode: 'split', ...(i % 3 === 2 ? { methods: ['POST'] } : {}) }))
+      const path = `/${segments.join('/')}`
+      const expected = configs.find((c) => (c.methods === undefined || c.methods.includes(method)) && picomatch.makeRe(c.path, GLOB_OPTIONS).test(path))?.name ?? 'default'
+      assert.equal(new RouteTable(configs).match(method, path).name, expected, `${path} in ${chosen.join(' ')}`)
+    }), { numRuns: 3000 })
 })

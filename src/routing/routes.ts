@@ -58,10 +58,27 @@ export function globProblem (glob: string): string | undefined {
   return undefined
 }
 
+/** FNV-1a of the segment of `path` that starts at `from` (up to the next `/`): no substring is made. */
+function segmentHash (path: string, from: number): number {
+  let hash = 0x811c9dc5
+  for (let i = from; i < path.length; i++) {
+    const c = path.charCodeAt(i)
+    if (c === 0x2f) break
+    hash = Math.imul(hash ^ c, 0x01000193)
+  }
+  return hash & 0x3fffffff // a small integer: no number is boxed to look it up
+}
+
 interface CompiledRoute {
   route: Route
   /** The literal start of the glob: a cheap test that skips most routes before their regular expression. */
   base: string
+  /**
+   * How the rest is tested: the regular expression, or for the common shapes a string test that gives the same
+   * answer on normalised paths (which have no `.`, `..` or empty segment): `exact` for a glob without wildcards,
+   * `tree` for `<literal>/**` (the literal itself and everything under it).
+   */
+  shape: 'regex' | 'exact' | 'tree'
   regex: RegExp
   methods: readonly string[] | undefined
 }
@@ -73,6 +90,12 @@ interface CompiledRoute {
 export class RouteTable {
   readonly routes: readonly Route[]
   readonly #compiled: CompiledRoute[]
+  /**
+   * The routes a path can match, by a hash of its first segment: those whose literal start names that segment,
+   * merged in table order with those that start with a glob (#anySegment). Most routes are skipped unseen.
+   */
+  readonly #bySegment = new Map<number, CompiledRoute[]>()
+  readonly #anySegment: CompiledRoute[]
 
   /** Throws on a duplicate name or a bad glob; the config's validation reports those first, by key. */
   constructor (configs: readonly RouteConfig[]) {
@@ -84,24 +107,42 @@ export class RouteTable {
       if (problem !== undefined) throw new Error(`route "${config.name}" path "${config.path}" ${problem}`)
       const route: Route = Object.freeze({ name: config.name, index, mode: config.mode, class: config.class })
       const scanned = picomatch.scan(config.path)
+      const literal = !config.path.includes('\\')
       return {
         route,
         base: scanned.negated ? '' : scanned.base.split('\\')[0] as string, // an escape (`\*`) ends the literal part
+        shape: literal && !scanned.isGlob ? 'exact' : literal && scanned.glob === '**' && scanned.base.length > 1 ? 'tree' : 'regex',
         regex: picomatch.makeRe(config.path, GLOB_OPTIONS),
         methods: config.methods === undefined || config.methods.length === 0 ? undefined : [...config.methods]
       }
     })
     this.routes = this.#compiled.map((c) => c.route)
+    const segmentOf = (c: CompiledRoute): number | undefined => {
+      // The literal start names the first segment only when that segment is whole in the glob: `/reports` of
+      // `/reports/**` does, `/x` of `/x\*y` and `/` of `/*.js` do not.
+      const glob = (configs[c.route.index] as RouteConfig).path
+      const slash = c.base.indexOf('/', 1)
+      const end = slash === -1 ? c.base.length : slash
+      const whole = end === glob.length || glob.charCodeAt(end) === 0x2f
+      return end > 1 && whole ? segmentHash(c.base, 1) : undefined
+    }
+    this.#anySegment = this.#compiled.filter((c) => segmentOf(c) === undefined)
+    for (const c of this.#compiled) {
+      const segment = segmentOf(c)
+      if (segment !== undefined && !this.#bySegment.has(segment)) {
+        this.#bySegment.set(segment, this.#compiled.filter((other) => other === c || segmentOf(other) === undefined || segmentOf(other) === segment))
+      }
+    }
   }
 
   /** The route of a request: `path` is the normalised path (normalisePath), `method` as sent. */
   match (method: string | undefined, path: string): Route {
-    const compiled = this.#compiled
-    for (let i = 0; i < compiled.length; i++) {
-      const c = compiled[i] as CompiledRoute
+    const candidates = this.#bySegment.get(segmentHash(path, 1)) ?? this.#anySegment
+    for (let i = 0; i < candidates.length; i++) {
+      const c = candidates[i] as CompiledRoute
       if (!path.startsWith(c.base)) continue
       if (c.methods !== undefined && (method === undefined || !c.methods.includes(method))) continue
-      if (c.regex.test(path)) return c.route
+      if (c.shape === 'exact' ? path.length === c.base.length : c.shape === 'tree' ? path.length === c.base.length || path.charCodeAt(c.base.length) === 0x2f : c.regex.test(path)) return c.route
     }
     return DEFAULT_ROUTE
   }

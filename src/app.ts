@@ -27,6 +27,8 @@ import { StreamTracker } from './proxy/streams.ts'
 import { createUpgradeHandler } from './proxy/upgrade.ts'
 import { CLOSE_GOING_AWAY } from './proxy/ws-frames.ts'
 import { headerPolicy } from './proxy/headers.ts'
+import { ReadYourWrites } from './routing/read-your-writes.ts'
+import { RouteTable } from './routing/routes.ts'
 import { adminRoutes } from './admin/routes.ts'
 import { consoleRoutes } from './admin/console.ts'
 import { closeAll, Listeners } from './background.ts'
@@ -87,7 +89,8 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const now = deps.now ?? Date.now
   const instanceId = config.instanceId ?? `${hostname()}:${process.pid}`
   const registry = deps.registry ?? new Registry()
-  const metrics = new Metrics(registry)
+  const routeNames = config.routes.map((route) => route.name)
+  const metrics = new Metrics(registry, { routes: routeNames })
   const keys = new RolloutKeys(config.redis.prefix, config.rollout.name)
   const ownsRedis = deps.redis === undefined
   const redisOptions = { commandTimeoutMs: config.redis.commandTimeoutMs, connectionName: `dbshift:${instanceId}` }
@@ -99,7 +102,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   listeners.on(subscriber, 'error', (err: Error) => { log.debug({ err }, 'Redis subscriber connection error') })
   const subscriberHealth = redisHealth(subscriber, now) // guards its parser too
 
-  const store = new RolloutStore(redis, keys, { initialPercent: config.rollout.initialPercent })
+  const store = new RolloutStore(redis, keys, { initialPercent: config.rollout.initialPercent, routes: routeNames })
   const sync = new RolloutSync(store, redis, subscriber, {
     initialPercent: config.rollout.initialPercent,
     pollIntervalMs: config.redis.pollIntervalMs,
@@ -170,7 +173,12 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     queueTimeoutMs: config.upstream.queueTimeoutMs,
     writeTimeoutMs: config.server.writeTimeoutMs,
     hooks: { ...guards.hooks, tap: streams.tap },
-    draining: () => draining
+    draining: () => draining,
+    routes: new RouteTable(config.routes),
+    readYourWrites: config.rollout.readYourWritesMs === 0
+      ? undefined
+      : new ReadYourWrites({ windowMs: config.rollout.readYourWritesMs, secret: config.rollout.cookieSecret, rollout: config.rollout.name, secure: config.tls !== undefined }),
+    now
   })
 
   const proxy = Fastify({

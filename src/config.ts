@@ -3,6 +3,8 @@ import { Type, type Static } from '@sinclair/typebox'
 import { Ajv, type ErrorObject } from 'ajv'
 import { parse as parseYaml } from 'yaml'
 import { ConfigError } from './errors.ts'
+import { DEFAULT_READ_YOUR_WRITES_MS, MIN_COOKIE_SECRET_LENGTH } from './routing/read-your-writes.ts'
+import { DEFAULT_ROUTE_NAME, globProblem, REQUEST_CLASSES, ROUTE_MODES } from './routing/routes.ts'
 
 export const DEFAULT_CONFIG_PATH = 'config/dbshift.yaml'
 
@@ -61,7 +63,9 @@ export const ConfigSchema = Type.Object({
     salt: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
     strategy: Enum(['hash', 'tail'], 'hash'),
     initialPercent: Type.Number({ minimum: 0, maximum: 100, multipleOf: 0.01, default: 0 }),
-    anonymous: Enum(['legacy', 'migrated'], 'legacy')
+    anonymous: Enum(['legacy', 'migrated'], 'legacy'),
+    readYourWritesMs: Type.Integer({ minimum: 0, maximum: 600_000, default: DEFAULT_READ_YOUR_WRITES_MS, description: 'must be a whole number of milliseconds from 0 (off) to 600000' }),
+    cookieSecret: Type.Optional(Type.String({ minLength: MIN_COOKIE_SECRET_LENGTH, description: `must be at least ${MIN_COOKIE_SECRET_LENGTH} characters` }))
   }, { additionalProperties: false, default: {} }),
   identity: Type.Object({
     header: Type.String({ pattern: '^[A-Za-z0-9!#$%&\'*+.^_`|~-]+$', default: 'x-user-id', description: 'must be an HTTP header name' }),
@@ -156,7 +160,14 @@ export const ConfigSchema = Type.Object({
       webhookTimeoutMs: Millis(5_000),
       webhookRetries: Type.Integer({ minimum: 0, maximum: 10, default: 3 })
     }, { additionalProperties: false, default: {} })
-  }, { additionalProperties: false, default: {} })
+  }, { additionalProperties: false, default: {} }),
+  routes: Type.Array(Type.Object({
+    name: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$', description: 'must be 1 to 64 letters, digits, _ . or -' }),
+    path: Type.String({ minLength: 1, maxLength: 1024 }),
+    methods: Type.Optional(Type.Array(Type.String({ pattern: '^[A-Z]{1,32}$', description: 'must be an upper-case HTTP method' }), { minItems: 1 })),
+    mode: Enum(ROUTE_MODES),
+    class: Type.Optional(Enum(REQUEST_CLASSES))
+  }, { additionalProperties: false }), { maxItems: 1_000, default: [] })
 }, { additionalProperties: false })
 
 export type Config = Static<typeof ConfigSchema>
@@ -172,7 +183,8 @@ export const ENV_KEYS = {
   DBSHIFT_MIGRATED: 'pools.migrated',
   DBSHIFT_ROLLOUT: 'rollout.name',
   REDIS_URL: 'redis.url',
-  DBSHIFT_ADMIN_TOKEN: 'admin.token'
+  DBSHIFT_ADMIN_TOKEN: 'admin.token',
+  DBSHIFT_COOKIE_SECRET: 'rollout.cookieSecret'
 } as const
 
 /**
@@ -187,6 +199,9 @@ const OTHER_VARIABLES = ['DBSHIFT_CONFIG', 'DBSHIFT_OPERATOR', 'DBSHIFT_TEST_PG_
  */
 export const PLACEHOLDER_TOKENS = ['replace-me-with-a-long-random-token', 'compose-demo-token-change-me'] as const
 const PLACEHOLDER_WORDS = /change-?me|replace-?me|placeholder|your-?token|example-?token/i
+
+/** Keys whose values never appear in a message, not even a short, refused one. */
+const SECRET_KEYS = new Set(['admin.token', 'admin.readToken', 'rollout.cookieSecret'])
 
 const ajv = new Ajv({ useDefaults: true, allErrors: false, strict: false, verbose: true, multipleOfPrecision: 6 })
 const validate = ajv.compile(ConfigSchema)
@@ -225,6 +240,7 @@ export function resolveConfig (file: unknown, env: NodeJS.ProcessEnv = {}): Conf
     throw new ConfigError(`${source}: is a placeholder, not a secret; set a long random token (for example: openssl rand -hex 24)`)
   }
   config.rollout.salt ??= config.rollout.name
+  checkRoutes(config)
   return config
 }
 
@@ -245,6 +261,18 @@ function checkVariables (env: NodeJS.ProcessEnv): void {
 /** The config file a process reads: DBSHIFT_CONFIG, or the default path. */
 export function configPath (env: NodeJS.ProcessEnv = process.env): string {
   return env.DBSHIFT_CONFIG ?? DEFAULT_CONFIG_PATH
+}
+
+/** What the schema cannot say about `routes`: names are unique (and not `default`), paths are usable globs. */
+function checkRoutes (config: Config): void {
+  const seen = new Set<string>()
+  config.routes.forEach((route, i) => {
+    if (route.name === DEFAULT_ROUTE_NAME) throw new ConfigError(`routes.${i}.name = "${route.name}": must not be "${DEFAULT_ROUTE_NAME}" (the name of requests that match no route)`)
+    if (seen.has(route.name)) throw new ConfigError(`routes.${i}.name = "${route.name}": must be unique (an earlier route has it)`)
+    seen.add(route.name)
+    const problem = globProblem(route.path)
+    if (problem !== undefined) throw new ConfigError(`routes.${i}.path = ${JSON.stringify(route.path)}: ${problem}`)
+  })
 }
 
 /** Reads, parses and validates the config file named by DBSHIFT_CONFIG (or the default path). */
@@ -296,11 +324,12 @@ function describe (error: ErrorObject | undefined, raw: Record<string, unknown>,
   const source = envKey === undefined ? key : `${key} (from ${fromEnv.get(envKey) ?? ''})`
   if (error.keyword === 'required') return `${source}: is required`
   // A secret is never echoed, not even a wrong one.
-  const value = key === 'admin.token' || key === 'admin.readToken' ? '…' : found
+  const value = found
+  const shown = SECRET_KEYS.has(key) ? (typeof value === 'string' ? `(${value.length} characters, not shown)` : '…') : JSON.stringify(value)
   const description = (error.parentSchema as { description?: string } | undefined)?.description
   const rule = description?.startsWith('must') === true ? description : undefined
   const allowed = error.keyword === 'enum' ? `must be one of ${(error.params.allowedValues as string[]).join(', ')}` : undefined
-  return `${source} = ${JSON.stringify(value)}: ${allowed ?? rule ?? error.message ?? 'invalid'}`
+  return `${source} = ${shown}: ${allowed ?? rule ?? error.message ?? 'invalid'}`
 }
 
 function allowedKeys (schema: unknown): string[] {

@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from 'prom-client'
 import { VERSIONS, type Version } from './routing/decide.ts'
+import { DEFAULT_ROUTE_NAME, REQUEST_CLASSES, type RequestClass } from './routing/routes.ts'
 
 /** Why a request to an upstream failed: the `reason` label of dbshift_upstream_errors_total. */
 export const UPSTREAM_ERROR_REASONS = ['refused', 'reset', 'timeout', 'dns', 'tls', 'protocol', 'other'] as const
@@ -45,6 +46,11 @@ interface HistogramEntry {
   count: number
 }
 
+/** Where a (route, version, class) is counted: four slots per route, the default route first. */
+function routeSlot (route: number, version: Version, cls: RequestClass): number {
+  return ((route + 1) << 2) | (version === 'migrated' ? 2 : 0) | (cls === 'write' ? 1 : 0)
+}
+
 /** Answered requests of one version not yet handed to prom-client: plain array increments on the hot path. */
 class PendingRequests {
   readonly byStatus = new Float64Array(MAX_STATUS + 1)
@@ -75,6 +81,7 @@ export class Metrics {
   readonly backgroundErrors: Counter<'task'>
   readonly openConnections: Gauge<'version' | 'kind'>
   readonly connectionsMoved: Counter<'version'>
+  readonly routeRequests: Counter<'route' | 'version' | 'class'>
   readonly refused: Counter<'reason'>
 
   /**
@@ -82,10 +89,15 @@ export class Metrics {
    * few array increments instead of two label lookups.
    */
   readonly #pending: Record<Version, PendingRequests> = { legacy: new PendingRequests(), migrated: new PendingRequests() }
+  /** The `route` label of each route index + 1 (index 0 is the default route): only names from the config. */
+  readonly #routeNames: readonly string[]
+  /** Requests per (route, version, class) not yet handed to prom-client; see #routeSlot. */
+  readonly #pendingRoutes: Float64Array
   /** The children of dbshift_refused_total, looked up once: shedding under load costs no label lookup. */
   readonly #refusedBy = {} as Record<RefusedReason, { inc: () => void }>
 
-  constructor (registry: Registry, options: { defaultMetrics?: boolean } = {}) {
+  /** `routes`: the names of the configured routes, in order (the route table's indexes). */
+  constructor (registry: Registry, options: { defaultMetrics?: boolean, routes?: readonly string[] } = {}) {
     const registers = [registry]
     // `aggregator`: how the primary adds up workers' gauges (workers > 1); counters and histograms are summed.
     this.requests = new Counter({
@@ -114,6 +126,15 @@ export class Metrics {
     this.l2Paused = new Gauge({ name: 'dbshift_l2_paused', help: '1 while the L2 guard pauses the new-feature routes and freezes the ramp, else 0.', registers, aggregator: 'max' })
     this.backgroundErrors = new Counter({ name: 'dbshift_background_errors_total', help: 'Failed runs of background work (polls, heartbeats, guard evaluations, the schedule runner, notifications), by task.', labelNames: ['task'], registers })
     this.guardDryRuns = new Counter({ name: 'dbshift_guard_dry_run_trips_total', help: 'Trips a guard in dry-run mode would have made (logged, not acted on), by level.', labelNames: ['level'], registers })
+    this.#routeNames = [DEFAULT_ROUTE_NAME, ...(options.routes ?? [])]
+    this.#pendingRoutes = new Float64Array(this.#routeNames.length * VERSIONS.length * REQUEST_CLASSES.length)
+    this.routeRequests = new Counter({
+      name: 'dbshift_route_requests_total',
+      help: 'Requests routed, by configured route (default: no route matched), version and class (read or write).',
+      labelNames: ['route', 'version', 'class'],
+      registers,
+      collect: () => this.#flushRoutes()
+    })
     this.refused = new Counter({ name: 'dbshift_refused_total', help: 'Requests dbshift answered itself without an upstream (shed, malformed, too large, paused, ...), by reason.', labelNames: ['reason'], registers })
 
     this.openConnections = new Gauge({ name: 'dbshift_open_connections', help: 'Open long-lived connections (upgraded WebSockets, event streams), by version and kind.', labelNames: ['version', 'kind'], registers, aggregator: 'sum' })
@@ -133,6 +154,7 @@ export class Metrics {
     for (const level of GUARD_LEVELS) if (level !== 'manual') this.guardDryRuns.labels(level).inc(0)
     for (const result of SHADOW_RESULTS) this.shadow.labels(result).inc(0)
     for (const task of BACKGROUND_TASKS) this.backgroundErrors.labels(task).inc(0)
+    for (const route of this.#routeNames) for (const version of VERSIONS) for (const cls of REQUEST_CLASSES) this.routeRequests.labels(route, version, cls).inc(0)
     for (const reason of REFUSED_REASONS) {
       const child = this.refused.labels(reason)
       child.inc(0)
@@ -159,6 +181,26 @@ export class Metrics {
     pending.byBucket[i]++
     pending.sum += seconds
     pending.count++
+  }
+
+  /**
+   * Counts one routed request: `route` is the route table's index (-1 for the default route). On the hot path:
+   * one array increment.
+   */
+  recordRoute (route: number, version: Version, cls: RequestClass): void {
+    const slot = routeSlot(route, version, cls)
+    if (slot >= 0 && slot < this.#pendingRoutes.length) this.#pendingRoutes[slot]++
+  }
+
+  #flushRoutes (): void {
+    const pending = this.#pendingRoutes
+    for (let slot = 0; slot < pending.length; slot++) {
+      const n = pending[slot] as number
+      if (n === 0) continue
+      const route = this.#routeNames[slot >> 2] as string
+      this.routeRequests.labels(route, VERSIONS[(slot >> 1) & 1] as Version, REQUEST_CLASSES[slot & 1] as RequestClass).inc(n)
+      pending[slot] = 0
+    }
   }
 
   /** Counts one request dbshift answered itself. */

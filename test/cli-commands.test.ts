@@ -77,7 +77,9 @@ test('bad input: a clear message, exit 2, and nothing written', async (t) => {
   const env = { REDIS_URL: redis.url, DBSHIFT_CONFIG: configFile('{}\n') }
   const cases: Array<[string[], RegExp]> = [
     [['set', '150'], /"150" is not a percentage: it must be a number from 0 to 100 with at most two decimals/],
-    [['set'], /missing required argument 'percent'/],
+    [['set'], /set needs a percentage, --writes or --route/],
+    [['set', '--writes', '5.555'], /--writes "5\.555" is not a percentage/],
+    [['set', '--route', 'reports'], /--route "reports" must be <name>=<percent>/],
     [['frobnicate'], /unknown command 'frobnicate'/],
     [['allow', 'add'], /allow add needs a user key/],
     [['deny', 'drop', 'bob'], /"drop" is not an operation: use deny add <user>, deny rm <user> or deny ls/],

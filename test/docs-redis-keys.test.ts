@@ -9,7 +9,7 @@ const page = readDoc('docs/redis-keys.md')
 test('the Redis key table lists every key of src/rollout/keys.ts, and no key that does not exist', () => {
   const keys = new RolloutKeys('dbshift', 'N')
   const named = Object.values(keys).filter((value): value is string => typeof value === 'string' && value.startsWith('dbshift:'))
-  const all = [...named, keys.handChange('<id>'), keys.traffic('<version>', '<slot>')].sort()
+  const all = [...named, keys.handChange('<id>'), keys.traffic('<version>', '<slot>'), keys.routePercent('<name>')].sort()
   const documented = rows(section(page, '## The keys')).flatMap((cells) => ticked(cells[0] as string)).sort()
   assert.deepEqual(documented, all)
 })

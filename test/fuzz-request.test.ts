@@ -6,6 +6,7 @@ import { connect } from 'node:net'
 import fc from 'fast-check'
 import { Agent, request } from 'undici'
 import { normalisePath } from '../src/proxy/target.ts'
+import { normalisePath as routePath } from '../src/routing/path.ts'
 import { UserKeyReader } from '../src/routing/user-key.ts'
 import { startProxy, startRedis, startUpstream, testConfig } from './helpers.ts'
 
@@ -29,7 +30,7 @@ const token = fc.stringMatching(/^[a-z][a-z0-9-]{0,15}$/)
 const headerValue = fc.string({ unit: fc.integer({ min: 0x20, max: 0xff }).filter((c) => c !== 0x7f).map((c) => String.fromCharCode(c)), maxLength: 300 })
 const pathSegment = fc.string({ unit: fc.constantFrom(...'abcXYZ019-._~!$&\'()*+,;=:@'.split(''), '%20', '%2F', '%C3%A9', '%00'), maxLength: 12 })
 
-test('property: any well-formed request is forwarded once, to the version the router chose, with its path and body intact', async (t) => {
+test('property: any well-formed request is forwarded once, to the version the router chose, with its path and body intact; one whose path cannot be normalised is refused', async (t) => {
   const redis = await startRedis(t)
   await redis.client.set('dbshift:{default}:percent', '37.5')
   const legacy = await startUpstream(t, 'legacy', echo('legacy'))
@@ -60,6 +61,14 @@ test('property: any well-formed request is forwarded once, to the version the ro
         headers: Object.fromEntries(Object.entries(headers).map(([name, value]) => [name, Buffer.from(value, 'latin1').toString('latin1')])),
         body: sendBody ? Buffer.from(body, 'utf8') : undefined
       })
+      const sent = new URL(`${proxy.url}${path}`) // the client normalises the target as WHATWG URL does
+      if (typeof routePath(sent.pathname) !== 'string') {
+        // A path with no single meaning (an encoded slash, a NUL) is refused, and never forwarded.
+        assert.equal(res.statusCode, 400)
+        assert.equal(((await res.body.json()) as { error: string }).error, 'DBSHIFT_ERR_BAD_REQUEST')
+        assert.equal(legacy.requests.length + migrated.requests.length, before, 'not forwarded')
+        return
+      }
       const seen = await res.body.json() as Seen
       assert.equal(res.statusCode, 200)
       assert.equal(legacy.requests.length + migrated.requests.length, before + 1, 'forwarded exactly once')
@@ -70,7 +79,6 @@ test('property: any well-formed request is forwarded once, to the version the ro
       assert.equal(seen.tag, expected, 'the upstream is told the chosen version, whatever the client sent')
       assert.equal(res.headers['x-dbshift-version'], expected)
       assert.equal(seen.method, method)
-      const sent = new URL(`${proxy.url}${path}`) // the client normalises the target as WHATWG URL does
       assert.equal(seen.url, normalisePath(sent.pathname + sent.search), 'and dbshift merges repeated slashes')
       assert.equal(seen.body, sendBody ? Buffer.from(body, 'utf8').toString('latin1') : '')
       for (const [name, value] of Object.entries(extra)) assert.equal(String(seen.headers[name]).trim(), value.trim(), name)

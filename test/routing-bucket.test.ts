@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import fc from 'fast-check'
+import murmurhash3 from 'murmurhash3js-revisited'
 import { BUCKETS, hashBucket, tailBucket, thresholdOf } from '../src/routing/bucket.ts'
 import { Router, type RoutingState } from '../src/routing/decide.ts'
 import { toByteString } from '../src/routing/user-key.ts'
@@ -107,4 +108,10 @@ test('tail strategy: the last four digits read from the end; 20% = IDs ending in
   }
   // A key that is not numeric falls back to the hash.
   assert.equal(tail.bucketOf('alice'), 698)
+})
+
+test('the bucket is murmur3_x86_32 as murmurhash3js-revisited computes it, for any bytes (property)', () => {
+  fc.assert(fc.property(fc.uint8Array({ maxLength: 300 }), (bytes) => {
+    assert.equal(hashBucket(bytes), murmurhash3.x86.hash32(bytes, 0) % BUCKETS)
+  }), { numRuns: 20_000 })
 })

@@ -122,17 +122,20 @@ test('paths are normalised before they are put under the base path: no //host, n
   const proxy = await migratedProxy(t, `${migrated.url}/base`)
   const cases: Array<[string, string]> = [
     ['//evil.example/x', '/base/evil.example/x'],
-    ['/a/../../../etc/passwd', '/base/etc/passwd'],
     ['/a/./b/../c', '/base/a/c'],
-    ['/%2e%2e/%2E%2e/secret', '/base/secret'],
+    ['/a/%2e%2e/%2E/secret', '/base/secret'],
     ['/a//b///c?next=//x/../y', '/base/a/b/c?next=//x/../y'],
-    ['/..', '/base/'],
     ['/plain/path?x=1', '/base/plain/path?x=1']
   ]
   for (const [target, expected] of cases) {
     const answer = await raw(proxy.url, `GET ${target} HTTP/1.1\r\nHost: x\r\nX-User-ID: u\r\nConnection: close\r\n\r\n`)
     assert.equal(answer.status, 200, target)
     assert.equal(JSON.parse(answer.body).path, expected, target)
+  }
+  // A climb above the root has no single meaning: refused, never forwarded (see the normalised path of routes).
+  for (const target of ['/a/../../../etc/passwd', '/..', '/%2e%2e/%2E%2e/secret']) {
+    const answer = await raw(proxy.url, `GET ${target} HTTP/1.1\r\nHost: x\r\nX-User-ID: u\r\nConnection: close\r\n\r\n`)
+    assert.equal(answer.status, 400, target)
   }
 })
 

@@ -3,8 +3,9 @@ import type { Actor } from '../control/audit.ts'
 import { unwrap } from '../control/results.ts'
 import { BadRequestError, InvalidValueError, NotFoundError } from '../errors.ts'
 import { VERSIONS } from '../routing/decide.ts'
+import { RouteTable } from '../routing/routes.ts'
 import { fromByteString, MAX_KEY_BYTES } from '../routing/user-key.ts'
-import { explain } from '../routing/configured.ts'
+import { explain, explainRoutes } from '../routing/configured.ts'
 import { isReady } from '../rollout/redis.ts'
 import { redisHealth } from '../rollout/redis-health.ts'
 import { redactUrls } from '../redact.ts'
@@ -20,6 +21,7 @@ const STATUS_WINDOW_MS = 60_000
 /** Health, metrics, status, `which`, and the authenticated changes (SPEC "Interfaces"). */
 export async function adminRoutes (app: FastifyInstance, options: AdminOptions): Promise<void> {
   const { config, sync, control, registry, traffic, router, redis } = options
+  const routeTable = new RouteTable(config.routes)
   const auth = requireToken(config.admin.token, config.admin.tokenName)
   const authenticate = auth.identity
   const change = { onRequest: auth.hook }
@@ -73,6 +75,9 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
       rollout: config.rollout.name,
       instance: options.instanceId,
       percent: current.percent,
+      writePercent: current.writePercent ?? null,
+      routes: config.routes.map((route) => ({ ...route, percent: current.routePercent.get(route.name) ?? null })),
+      readYourWrites: { windowMs: config.rollout.readYourWritesMs, cookie: config.rollout.cookieSecret !== undefined },
       state: current.state,
       trip: current.trip ?? null,
       allow: current.allow.size,
@@ -89,15 +94,55 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
     const user = request.params.userKey
     if (Buffer.byteLength(user) > MAX_KEY_BYTES) throw new InvalidValueError(`a user key is at most ${MAX_KEY_BYTES} bytes (this one has ${Buffer.byteLength(user)}); longer keys are anonymous`)
     const { key, decision, bucket } = explain(router, sync.current, user)
-    return { user: key === undefined ? user : fromByteString(key), version: decision.version, why: decision.why, bucket, percent: sync.current.percent, state: sync.current.state }
+    const { routes } = explainRoutes(router, sync.current, user, routeTable)
+    return {
+      user: key === undefined ? user : fromByteString(key),
+      version: decision.version,
+      why: decision.why,
+      bucket,
+      percent: sync.current.percent,
+      writePercent: sync.current.writePercent ?? null,
+      state: sync.current.state,
+      // Reads and writes on the default route (requests that match no route), then on each configured route.
+      routes: routes.map((r) => ({ route: r.route, reads: r.reads, writes: r.writes, readThreshold: r.readThreshold, writeThreshold: r.writeThreshold }))
+    }
   })
 
-  app.put<{ Body: { percent: number, reason?: string } }>('/rollout', {
+  // One type list, not anyOf: with type coercion, anyOf would turn a null into 0 (or a 0 into null).
+  const dial = { type: ['number', 'null'], minimum: 0, maximum: 100, multipleOf: 0.01 }
+  app.put<{ Body: { percent?: number, writePercent?: number | null, routes?: Record<string, number | null>, reason?: string } }>('/rollout', {
     ...change,
-    schema: { body: { type: 'object', required: ['percent'], additionalProperties: false, properties: { percent: { type: 'number', minimum: 0, maximum: 100, multipleOf: 0.01 }, reason: { type: 'string', maxLength: 512 } } } }
+    schema: {
+      body: {
+        type: 'object',
+        anyOf: [{ required: ['percent'] }, { required: ['writePercent'] }, { required: ['routes'] }],
+        additionalProperties: false,
+        properties: {
+          percent: { type: 'number', minimum: 0, maximum: 100, multipleOf: 0.01 },
+          // null deletes the dial: it follows `percent` again.
+          writePercent: dial,
+          routes: { type: 'object', maxProperties: 1000, additionalProperties: dial },
+          reason: { type: 'string', maxLength: 512 }
+        }
+      }
+    }
   }, async (request) => {
-    const result = unwrap(await control.setPercent(request.body.percent, actor(authenticate(request)), request.body.reason))
-    return { percent: request.body.percent, previous: result.previous }
+    const { percent, writePercent, routes, reason } = request.body
+    const by = actor(authenticate(request))
+    const answer: Record<string, unknown> = {}
+    if (percent !== undefined) {
+      const result = unwrap(await control.setPercent(percent, by, reason))
+      Object.assign(answer, { percent, previous: result.previous })
+    }
+    if (writePercent !== undefined) {
+      const result = unwrap(await control.setDial(undefined, writePercent, by, reason))
+      answer.writePercent = { percent: writePercent, previous: result.previous }
+    }
+    for (const [name, value] of Object.entries(routes ?? {})) {
+      const result = unwrap(await control.setDial(name, value, by, reason))
+      answer.routes = { ...(answer.routes as object | undefined), [name]: { percent: value, previous: result.previous } }
+    }
+    return answer
   })
 
   app.post<{ Body: { reason?: string } | undefined }>('/rollback', {

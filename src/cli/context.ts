@@ -86,7 +86,7 @@ export async function openContext (options: GlobalOptions): Promise<CliContext> 
   await ready(redis, config.redis.url)
   const keys = new RolloutKeys(config.redis.prefix, config.rollout.name)
   const json = options.json === true
-  const store = new RolloutStore(redis, keys, { initialPercent: config.rollout.initialPercent })
+  const store = new RolloutStore(redis, keys, { initialPercent: config.rollout.initialPercent, routes: config.routes.map((route) => route.name) })
   const schedules = new ScheduleStore(redis, keys)
   // Only failures are worth a line on stderr (a notification that could not be delivered, with its cause).
   const log = pino({ level: 'warn', base: undefined }, process.stderr)

@@ -5,7 +5,7 @@ import { InvalidValueError } from '../errors.ts'
 import { parseDuration, DURATION_RULE } from '../rollout/schedule.ts'
 import { audit } from './audit.ts'
 import { openContext, type CliContext, type GlobalOptions } from './context.ts'
-import { parsePercentArg, rollback, resume, set } from './dial.ts'
+import { parseDialArg, parsePercentArg, rollback, resume, set, setDials } from './dial.ts'
 import { members } from './members.ts'
 import { controlRamp, parseRampArgs, RAMP_VERBS, showRamp, startRamp, type RampVerb } from './ramp.ts'
 import { status } from './status.ts'
@@ -63,13 +63,19 @@ export async function run (argv: string[]): Promise<number> {
   }
   const confirmed = (ok: boolean): void => { if (!ok) exit = EXIT.unconfirmed }
 
-  program.command('set').argument('<percent>', '0 to 100, at most two decimals').description('set the rollout percentage')
+  program.command('set').argument('[percent]', '0 to 100, at most two decimals').description('set the rollout percentage, the write dial or a route\'s dial')
+    .option('--writes <percent>', 'the write dial: writes are migrated below min(writes, percent); "follow" deletes it')
+    .option('--route <name=percent>', 'a route\'s own dial (routes in the config); "<name>=follow" deletes it', (text: string, list: string[]) => [...list, text], [])
     .option('--reason <text>', 'why, for the audit trail', '')
     .option('--wait [duration]', WAIT_HELP)
-    .action(async (text: string, opts: { reason: string, wait?: string | boolean }) => {
-      const percent = parsePercentArg(text)
+    .action(async (text: string | undefined, opts: { writes?: string, route: string[], reason: string, wait?: string | boolean }) => {
+      const percent = text === undefined ? undefined : parsePercentArg(text)
+      const dials = [...(opts.writes === undefined ? [] : [parseDialArg('--writes', opts.writes)]), ...opts.route.map((route) => parseDialArg('--route', route))]
+      if (percent === undefined && dials.length === 0) throw new InvalidValueError('set needs a percentage, --writes or --route, e.g. dbshift set 20 or dbshift set --writes 5')
       const waitMs = waitOf(opts.wait)
-      await withContext(async (ctx) => { confirmed(await set(ctx, percent, opts.reason, waitMs)) })
+      await withContext(async (ctx) => {
+        confirmed(dials.length === 0 ? await set(ctx, percent as number, opts.reason, waitMs) : await setDials(ctx, percent, dials, opts.reason, waitMs))
+      })
     })
 
   program.command('rollback').description('send everyone to legacy, fleet-wide, now')

@@ -18,6 +18,8 @@ export async function status (ctx: CliContext): Promise<void> {
   const lines = [
     `rollout      ${ctx.config.rollout.name}  (${ctx.keys.percent.replace(/:percent$/, ':*')})`,
     `percent      ${shared.found.percent === 'invalid' ? '?  (Redis holds an invalid value: every instance keeps its last valid percentage)' : `${shared.percent}%${shared.found.percent === 'missing' ? '  (no value in Redis: the initial percentage)' : ''}`}`,
+    `writes       ${shared.writePercent === undefined ? '—  (no write_percent: writes follow percent)' : `${shared.writePercent}%${shared.writePercent >= shared.percent ? '  (at or above percent: writes follow percent)' : '  (writes are migrated below min(write_percent, percent))'}`}`,
+    ...(ctx.config.routes.length === 0 ? [] : [`routes       ${ctx.config.routes.map((route) => `${route.name} ${route.mode}${route.mode === 'split' ? ` ${shared.routePercent.has(route.name) ? `${shared.routePercent.get(route.name) ?? ''}%` : '(follows percent)'}` : ''}`).join(' · ')}`]),
     `state        ${shared.state}${shared.state === 'rolled_back' ? '  (everyone on legacy; "dbshift resume" re-arms the rollout)' : ''}`,
     `trip         ${trip === null ? '—' : `${trip.level} at ${trip.at} by ${trip.by}: ${trip.reason}`}`,
     `freeze       ${freeze === null ? '—' : `frozen by the L2 guard: ${freeze} (raises are refused)`}`,
@@ -31,6 +33,8 @@ export async function status (ctx: CliContext): Promise<void> {
   ctx.print(lines.join('\n'), {
     rollout: ctx.config.rollout.name,
     percent: shared.percent,
+    writePercent: shared.writePercent ?? null,
+    routes: ctx.config.routes.map((route) => ({ name: route.name, mode: route.mode, percent: shared.routePercent.get(route.name) ?? null })),
     state: shared.state,
     trip,
     freeze,

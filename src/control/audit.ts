@@ -5,6 +5,10 @@
 export const AUDIT_ACTIONS = [
   'set_percent',
   'set_percent_refused',
+  'set_write_percent',
+  'set_write_percent_refused',
+  'set_route_percent',
+  'set_route_percent_refused',
   'rollback',
   'resume',
   'freeze',

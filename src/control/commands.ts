@@ -114,6 +114,32 @@ export class RolloutControl {
   }
 
   /**
+   * Turns the write dial (`route` undefined) or a route's own dial; `null` deletes it, so it follows `percent`
+   * again. A raise is refused while the L2 guard freezes the ramp; the same value is a no-op.
+   */
+  async setDial (route: string | undefined, percent: number | null, actor: Actor, reason = ''): Promise<CommandResult<{ dial: string, percent: number | null, previous: string | null }>> {
+    const dial = route === undefined ? 'write_percent' : `route:${route}:percent`
+    if (percent !== null && parsePercent(String(percent)) === undefined) return refused('DBSHIFT_ERR_INVALID_VALUE', `${dial} must be ${PERCENT_RULE}`)
+    if (route !== undefined && !this.#o.store.routes.includes(route)) {
+      const names = this.#o.store.routes
+      return refused('DBSHIFT_ERR_INVALID_VALUE', `no route is named "${route}" in the config's routes (${names.length === 0 ? 'it has none' : `configured: ${names.join(', ')}`})`)
+    }
+    const blocked = await this.#preconditions(actor, 'moving traffic toward migrated needs Redis; try again when it is back')
+    if (blocked !== undefined) return blocked
+    const k = this.keys
+    const key = route === undefined ? k.writePercent : k.routePercent(route)
+    const action = route === undefined ? 'set_write_percent' : 'set_route_percent'
+    const [done, old, frozenBecause] = await this.#scripts.change('dbshiftSetDial', this.#header(actor, reason), [key, k.freeze, k.percent],
+      [percent === null ? '' : String(percent), action, this.#o.initialPercent, ...(route === undefined ? [] : ['route', route])]) as [number, string, string]
+    if (done === 0) {
+      this.#o.log.warn({ dial, percent, by: actor.by, frozenBecause }, `refused a raise of ${dial}: the ramp is frozen`)
+      return refused('DBSHIFT_ERR_RAMP_FROZEN', `${frozenBecause || 'the L2 guard froze it'}; lowering ${dial} still works`)
+    }
+    if (done === 1) await this.#reread()
+    return { status: done === 1 ? 'ok' : 'noop', dial, percent, previous: old === '' ? null : old }
+  }
+
+  /**
    * Sends everyone to legacy, fleet-wide. On an instance the move applies here at once (safety moves never wait)
    * and is written to Redis as soon as it can be; a rollback already in force is a no-op.
    */

@@ -39,6 +39,36 @@ announce('set_percent', ARGV[7])
 return {1, old or '', '', state}
 `
 
+/**
+ * KEYS: audit, dial (write_percent or a route's dial), freeze, percent. ARGV: new value ('' deletes the dial, which
+ * then follows percent), action, initial percent, then extra audit name/value pairs. A raise above what the dial
+ * gives now (its value, or percent when it has none) is refused while the ramp is frozen.
+ * Returns {1 set | 0 refused (frozen) | 2 unchanged, old, frozen reason}.
+ */
+const SET_DIAL = `
+local old = redis.call('GET', KEYS[2])
+local extra = {}
+for i = 10, #ARGV do extra[#extra + 1] = ARGV[i] end
+if ARGV[7] == '' then
+  if not old then return {2, '', ''} end
+  redis.call('DEL', KEYS[2])
+  audit(ARGV[8], old, '', extra)
+  announce(ARGV[8], '')
+  return {1, old, ''}
+end
+if old and tonumber(old) == tonumber(ARGV[7]) then return {2, old, ''} end
+local before = tonumber(old or redis.call('GET', KEYS[4]) or ARGV[9]) or 0
+if redis.call('EXISTS', KEYS[3]) == 1 and tonumber(ARGV[7]) > before then
+  local frozen = redis.call('GET', KEYS[3]) or ''
+  audit(ARGV[8] .. '_refused', old or '', ARGV[7], extra, 'the ramp is frozen: ' .. frozen)
+  return {0, old or '', frozen}
+end
+redis.call('SET', KEYS[2], ARGV[7])
+audit(ARGV[8], old or '', ARGV[7], extra)
+announce(ARGV[8], ARGV[7])
+return {1, old or '', ''}
+`
+
 /** KEYS: audit, state, trip. ARGV: level, trip time (ISO). Returns 1, or 0 when it already was rolled back. */
 const ROLLBACK = `
 local old = redis.call('GET', KEYS[2])
@@ -168,6 +198,7 @@ return 1
 /** Every script: its own keys (the audit stream not counted) and whether it takes the audit header. */
 const SCRIPTS = {
   dbshiftSetPercent: { keys: 3, lua: SET_PERCENT, audited: true },
+  dbshiftSetDial: { keys: 3, lua: SET_DIAL, audited: true },
   dbshiftRollback: { keys: 2, lua: ROLLBACK, audited: true },
   dbshiftResume: { keys: 3, lua: RESUME, audited: true },
   dbshiftFreeze: { keys: 1, lua: FREEZE, audited: true },

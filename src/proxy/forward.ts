@@ -4,6 +4,9 @@ import type { Logger, LevelWithSilent } from 'pino'
 import { BadRequestError, FeaturePausedError, OverloadedError, UpstreamBusyError, UriTooLongError } from '../errors.ts'
 import type { Metrics } from '../metrics.ts'
 import type { Decision, Router, Version } from '../routing/decide.ts'
+import { normalisePath as routePath } from '../routing/path.ts'
+import type { ReadYourWrites } from '../routing/read-your-writes.ts'
+import { classOf, DEFAULT_ROUTE, type RouteTable } from '../routing/routes.ts'
 import { fromByteString, headerCount, type UserKeyReader } from '../routing/user-key.ts'
 import type { RolloutSnapshot } from '../rollout/snapshot.ts'
 import type { TrafficWindow } from '../traffic/window.ts'
@@ -57,6 +60,12 @@ export interface ForwarderDeps {
   hooks?: ForwardHooks
   /** True while the server drains before exiting: each answer then closes its connection. */
   draining?: () => boolean
+  /** The `routes` of the config; none: every request is on the default route. */
+  routes?: RouteTable
+  /** Read your writes for the split cohort; none: off. */
+  readYourWrites?: ReadYourWrites
+  /** The clock of the read-your-writes window (ms since the epoch). */
+  now?: () => number
 }
 
 /** Methods `OPTIONS *` names: every method is forwarded. */
@@ -85,6 +94,7 @@ export function createForwarder (deps: ForwarderDeps): (req: IncomingMessage, re
   const logRequests = deps.requestLogLevel !== 'silent'
   const waiting = new WaitingList(Math.min(deps.stuckMs, deps.queueTimeoutMs))
   const metrics = deps.metrics
+  const now = deps.now ?? Date.now
 
   /** An exchange of `socket` ended: let the next request pipelined on it go. */
   function release (socket: ClientSocket): void {
@@ -136,10 +146,19 @@ export function createForwarder (deps: ForwarderDeps): (req: IncomingMessage, re
     }
     const problem = requestProblem(req)
     if (problem !== undefined) return refuse(req, res, problem)
+    // Routes match the normalised path of the target as sent (as rewritten, for absolute-form); one that has
+    // no single meaning (an encoded slash, a NUL, a climb above the root, ...) is refused.
+    const matched = routePath(authority === undefined ? url : path)
+    if (typeof matched !== 'string') return refuse(req, res, matched.message)
+    const route = deps.routes?.match(req.method, matched) ?? DEFAULT_ROUTE
+    const cls = classOf(req.method, route)
 
     const key = deps.keyReader.read(req.headers, req.rawHeaders)
-    const decision = deps.router.decide(deps.rollout(), key)
-    const retryAfter = deps.hooks?.pausedFor?.(path) ?? 0
+    const ryw = deps.readYourWrites
+    const recentWrite = ryw !== undefined && cls === 'read' && key !== undefined && ryw.recent(key, req.headers.cookie, now())
+    const decision = deps.router.decide(deps.rollout(), key, cls, route, recentWrite)
+    metrics.recordRoute(route.index, decision.version, cls)
+    const retryAfter = deps.hooks?.pausedFor?.(matched) ?? 0
     if (retryAfter > 0) {
       metrics.recordRequest(decision.version, 503, 0)
       metrics.recordRefused('paused')
@@ -149,6 +168,8 @@ export function createForwarder (deps: ForwarderDeps): (req: IncomingMessage, re
     socket[BUSY] = true
     const exchange = new Exchange(req, res, deps, decision, deps.pools[decision.version], deps.hooks?.tap?.(req, decision), waiting, release)
     exchange.user = key
+    // A write of the split cohort: its reads go to legacy for the window, here (the marker) and elsewhere (the cookie).
+    if (ryw !== undefined && key !== undefined && decision.why === 'write_dial') exchange.setCookie = ryw.wrote(key, now())
     if (logRequests) exchange.logKey = key
     exchange.send(path, authority)
   }
@@ -175,6 +196,12 @@ function bodiless (status: number, method: string | undefined): boolean {
   return status === 204 || status === 304 || method === 'HEAD'
 }
 
+/** The upstream's Set-Cookie headers plus one of dbshift's. */
+function appendCookie (upstream: OutgoingHttpHeaders[string], cookie: string): string[] {
+  if (upstream === undefined) return [cookie]
+  return [...(Array.isArray(upstream) ? upstream : [String(upstream)]), cookie]
+}
+
 /** The client took no bytes for writeTimeoutMs: release the upstream and drop the client. */
 function clientStalled (exchange: Exchange): void {
   exchange.stalled()
@@ -190,6 +217,8 @@ class Exchange implements Dispatcher.DispatchHandler, Waiting {
   logKey: string | undefined
   /** The user key (undefined: anonymous), for the distinct users among failures. */
   user: string | undefined
+  /** A `Set-Cookie` value to add to the answer (read your writes). */
+  setCookie: string | undefined
   prevWaiting: Waiting | undefined
   nextWaiting: Waiting | undefined
   readonly sentAt = performance.now()
@@ -298,6 +327,7 @@ class Exchange implements Dispatcher.DispatchHandler, Waiting {
     if (this.#deps.draining?.() === true) res.shouldKeepAlive = false
     // Held until the end of this read: an answer that breaks in the same read becomes a 502, not an empty reply.
     this.#headers = clientHeaders(headers, this.#decision.version)
+    if (this.setCookie !== undefined) this.#headers['set-cookie'] = appendCookie(this.#headers['set-cookie'], this.setCookie)
     process.nextTick(flushHead, this)
     this.#tap?.onResponse(statusCode, headers)
   }

@@ -4,6 +4,8 @@
  */
 export class RolloutKeys {
   readonly percent: string
+  /** The write dial: writes are migrated below min(write_percent, percent); missing = the same as percent. */
+  readonly writePercent: string
   readonly state: string
   readonly trip: string
   readonly allow: string
@@ -28,6 +30,7 @@ export class RolloutKeys {
   constructor (prefix: string, readonly name: string) {
     this.#base = `${prefix}:{${name}}`
     this.percent = `${this.#base}:percent`
+    this.writePercent = `${this.#base}:write_percent`
     this.state = `${this.#base}:state`
     this.trip = `${this.#base}:trip`
     this.allow = `${this.#base}:allow`
@@ -41,6 +44,11 @@ export class RolloutKeys {
     this.instances = `${this.#base}:instances`
     this.schedule = `${this.#base}:schedule`
     this.scheduleLease = `${this.#base}:schedule:lease`
+  }
+
+  /** A route's own dial (`routes` in the config): replaces `percent` for that route's reads. */
+  routePercent (route: string): string {
+    return `${this.#base}:route:${route}:percent`
   }
 
   /** Claimed (SET NX, expiring) by the one instance that audits a hand-made change; `id` names the change. */

@@ -5,6 +5,10 @@ import type { RolloutStateName } from './values.ts'
 /** The rollout state in force on this instance: immutable, swapped whole, read by every request. */
 export interface RolloutSnapshot extends RoutingState {
   readonly percent: number
+  /** The write dial; undefined: writes follow `percent`. */
+  readonly writePercent: number | undefined
+  /** The route dials in force, by route name. */
+  readonly routePercent: ReadonlyMap<string, number>
   readonly state: RolloutStateName
   readonly trip: Trip | undefined
   readonly allow: ReadonlySet<string>
@@ -14,7 +18,7 @@ export interface RolloutSnapshot extends RoutingState {
 }
 
 export function initialSnapshot (initialPercent: number): RolloutSnapshot {
-  return { percent: initialPercent, state: 'active', rolledBack: false, trip: undefined, allow: new Set(), deny: new Set(), armedAt: 0 }
+  return { percent: initialPercent, writePercent: undefined, routePercent: NO_ROUTE_DIALS, state: 'active', rolledBack: false, trip: undefined, allow: new Set(), deny: new Set(), armedAt: 0 }
 }
 
 /**
@@ -26,6 +30,8 @@ export function nextSnapshot (previous: RolloutSnapshot, shared: SharedRollout):
   const state = shared.found.state === 'invalid' ? previous.state : shared.state
   return {
     percent,
+    writePercent: shared.found.writePercent === 'invalid' ? previous.writePercent : shared.writePercent,
+    routePercent: nextRouteDials(previous.routePercent, shared),
     state,
     rolledBack: state === 'rolled_back',
     trip: shared.trip,
@@ -41,8 +47,21 @@ export function rolledBack (snapshot: RolloutSnapshot, trip: Trip): RolloutSnaps
 }
 
 export function sameSnapshot (a: RolloutSnapshot, b: RolloutSnapshot): boolean {
-  return a.percent === b.percent && a.state === b.state && a.allow === b.allow && a.deny === b.deny &&
+  return a.percent === b.percent && a.writePercent === b.writePercent && a.routePercent === b.routePercent && a.state === b.state && a.allow === b.allow && a.deny === b.deny &&
     a.trip?.at === b.trip?.at && a.trip?.level === b.trip?.level && a.armedAt === b.armedAt
+}
+
+const NO_ROUTE_DIALS: ReadonlyMap<string, number> = new Map()
+
+/** The route dials Redis holds, an invalid one keeping its last valid value; the same map when nothing moved. */
+function nextRouteDials (previous: ReadonlyMap<string, number>, shared: SharedRollout): ReadonlyMap<string, number> {
+  const next = new Map(shared.routePercent)
+  for (const route of shared.invalidRoutes) {
+    const kept = previous.get(route)
+    if (kept !== undefined) next.set(route, kept)
+  }
+  if (next.size === previous.size && [...next].every(([route, percent]) => previous.get(route) === percent)) return previous
+  return next.size === 0 ? NO_ROUTE_DIALS : next
 }
 
 function sameMembers (current: ReadonlySet<string>, next: string[]): boolean {

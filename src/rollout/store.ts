@@ -21,6 +21,10 @@ export type ValueSource = 'set' | 'missing' | 'invalid'
  */
 export interface SharedRollout {
   percent: number
+  /** The write dial; undefined when missing (writes follow `percent`). */
+  writePercent: number | undefined
+  /** The route dials that hold a valid value, by route name; a route without one follows `percent`. */
+  routePercent: Map<string, number>
   state: RolloutStateName
   trip: Trip | undefined
   /** User keys as byte strings. */
@@ -30,9 +34,13 @@ export interface SharedRollout {
   armedAt: number
   /** Why the L2 guard froze the ramp (raises are refused), or null. */
   freeze: string | null
-  found: { percent: ValueSource, state: ValueSource }
+  found: { percent: ValueSource, state: ValueSource, writePercent: ValueSource }
+  /** Route dials whose value was invalid (ignored): the instance keeps its last valid value for them. */
+  invalidRoutes: string[]
   /** The dials' raw text (null = missing): what a change made by hand wrote. */
   raw: { percent: string | null, state: string | null }
+  /** The write dial and the route dials as one string: the poll compares it to see whether they moved. */
+  otherDials: string
   /** Values that were ignored, for the caller to log and count. */
   invalid: InvalidValue[]
 }
@@ -60,11 +68,17 @@ export class RolloutStore {
   readonly keys: RolloutKeys
   readonly #redis: RedisClient
   readonly #initialPercent: number
+  /** The names of the configured routes: each may have a dial of its own. */
+  readonly routes: readonly string[]
+  /** The write dial's key, then each route dial's: what the poll reads beside percent and state. */
+  readonly otherDialKeys: readonly string[]
 
-  constructor (redis: RedisClient, keys: RolloutKeys, options: { initialPercent?: number } = {}) {
+  constructor (redis: RedisClient, keys: RolloutKeys, options: { initialPercent?: number, routes?: readonly string[] } = {}) {
     this.#redis = redis
     this.keys = keys
     this.#initialPercent = options.initialPercent ?? 0
+    this.routes = options.routes ?? []
+    this.otherDialKeys = [keys.writePercent, ...this.routes.map((route) => keys.routePercent(route))]
   }
 
   /** One round trip: every key of the rollout, validated. */
@@ -78,6 +92,7 @@ export class RolloutStore {
       .smembersBuffer(k.deny)
       .get(k.armed)
       .get(k.freeze)
+      .mget(...this.otherDialKeys)
       .exec()
     const invalid: InvalidValue[] = []
     const value = (index: number, key: string): unknown => {
@@ -96,8 +111,25 @@ export class RolloutStore {
     const deny = members(value(4, k.deny) as Buffer[] | null, k.deny, invalid)
     const armedText = value(5, k.armed) as string | null
     const freeze = value(6, k.freeze) as string | null
+    const otherTexts = (value(7, k.writePercent) as Array<string | null> | null) ?? []
 
-    const found: SharedRollout['found'] = { percent: 'missing', state: 'missing' }
+    const found: SharedRollout['found'] = { percent: 'missing', state: 'missing', writePercent: 'missing' }
+    const dial = (index: number): { value: number | undefined, source: ValueSource } => {
+      const text = otherTexts[index] ?? null
+      if (text === null) return { value: undefined, source: 'missing' }
+      const parsed = parsePercent(text)
+      if (parsed === undefined) invalid.push({ key: this.otherDialKeys[index] as string, value: text, rule: PERCENT_RULE })
+      return { value: parsed, source: parsed === undefined ? 'invalid' : 'set' }
+    }
+    const write = dial(0)
+    found.writePercent = write.source
+    const routePercent = new Map<string, number>()
+    const invalidRoutes: string[] = []
+    this.routes.forEach((route, i) => {
+      const { value, source } = dial(i + 1)
+      if (value !== undefined) routePercent.set(route, value)
+      if (source === 'invalid') invalidRoutes.push(route)
+    })
     let percent: number | undefined
     if (percentText !== null) {
       percent = parsePercent(percentText)
@@ -116,6 +148,10 @@ export class RolloutStore {
     const armedAt = armedText === null || !/^\d{1,16}$/.test(armedText) ? 0 : Number(armedText)
     return {
       percent: percent ?? this.#initialPercent,
+      writePercent: write.value,
+      routePercent,
+      invalidRoutes,
+      otherDials: otherDialsOf(otherTexts),
       state: state ?? 'active',
       trip,
       allow,
@@ -155,6 +191,11 @@ export function auditEntry (id: string, flat: string[]): AuditEntry {
 /** What is said of an allow or deny key that holds another Redis type than a set. */
 export function wrongTypeMessage (key: string): string {
   return `${key} holds a value of the wrong Redis type: it must be a set of user keys; fix or delete it by hand`
+}
+
+/** The raw write and route dials as one string (MGET's answer), compared by the poll like dialOf. */
+export function otherDialsOf (texts: ReadonlyArray<string | null>): string {
+  return texts.map((text) => text ?? '').join('|')
 }
 
 /** The raw percent and state as one string: the poll compares it to see whether anything moved. */

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events'
 import type { Logger } from 'pino'
 import { every, Listeners, type Periodic } from '../background.ts'
 import { isReady, type RedisClient } from './redis.ts'
-import { dialOf, WRONG_TYPE, type InvalidValue, type RolloutStore, type SharedRollout, type Trip } from './store.ts'
+import { dialOf, otherDialsOf, WRONG_TYPE, type InvalidValue, type RolloutStore, type SharedRollout, type Trip } from './store.ts'
 import { initialSnapshot, nextSnapshot, rolledBack, sameSnapshot, type RolloutSnapshot } from './snapshot.ts'
 
 type RawDials = SharedRollout['raw']
@@ -45,6 +45,8 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
   #current: RolloutSnapshot
   #lastSyncAt = 0
   #lastDial: string | undefined
+  /** The write and route dials' raw text at the last full read. */
+  #lastOtherDials: string | undefined
   #lastRaw: RawDials | undefined
   #lastFullSync = 0
   #pendingRollback: PendingRollback | undefined
@@ -204,6 +206,7 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
     const dial = dialOf(raw.percent, raw.state)
     const previousRaw = this.#lastRaw
     this.#lastDial = dial
+    this.#lastOtherDials = shared.otherDials
     this.#lastRaw = raw
     if (previousRaw !== undefined && dialOf(previousRaw.percent, previousRaw.state) !== dial) this.emit('dial', raw, previousRaw)
     // A set key of the wrong type is garbage, not an empty set: keep the last valid members.
@@ -216,16 +219,16 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
     this.#apply(next)
   }
 
-  /** One MGET of the dial; a full read when it moved or when the full-sync interval is up. */
+  /** One MGET of the dials (percent, state, the write and route dials); a full read when it moved or when the full-sync interval is up. */
   async #poll (): Promise<void> {
     if (this.#pendingRollback !== undefined || this.#now() - this.#lastFullSync >= this.#options.fullSyncIntervalMs) {
       return await this.refresh()
     }
     if (!isReady(this.#redis)) return
     const k = this.#store.keys
-    const [percent, state] = await this.#redis.mget(k.percent, k.state)
+    const [percent, state, ...others] = await this.#redis.mget(k.percent, k.state, ...this.#store.otherDialKeys)
     this.#lastSyncAt = this.#now()
-    if (dialOf(percent, state) !== this.#lastDial) await this.refresh()
+    if (dialOf(percent, state) !== this.#lastDial || otherDialsOf(others) !== this.#lastOtherDials) await this.refresh()
   }
 
   #apply (next: RolloutSnapshot): void {

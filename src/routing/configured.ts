@@ -1,5 +1,6 @@
 import type { Config } from '../config.ts'
-import { Router, type Decision, type RoutingState } from './decide.ts'
+import { Router, type Decision, type Explanation, type RoutingState } from './decide.ts'
+import { DEFAULT_ROUTE, type RouteTable } from './routes.ts'
 import { toByteString, UserKeyReader } from './user-key.ts'
 
 /** The router of a configuration, the same for the proxy and the `dbshift` command: the salt defaults to the rollout name. */
@@ -18,4 +19,10 @@ export function explain (router: Router, state: RoutingState, text: string): { k
   const key = reader.read({ [HEADER]: toByteString(text) })
   const decision = router.decide(state, key)
   return { key, decision, bucket: key === undefined ? null : router.bucketOf(key) }
+}
+
+/** Reads and writes, and why, of a user key typed by a person, on the default route and on every configured route. */
+export function explainRoutes (router: Router, state: RoutingState, text: string, table: RouteTable): { key: string | undefined, routes: Explanation[] } {
+  const key = reader.read({ [HEADER]: toByteString(text) })
+  return { key, routes: [DEFAULT_ROUTE, ...table.routes].map((route) => router.explain(state, key, route)) }
 }

@@ -216,6 +216,9 @@ class Exchange implements Dispatcher.DispatchHandler, Waiting {
   /** performance.now() when the client's body had all arrived (a slow upload is not a stuck upstream). */
   #bodyDoneAt = 0
   #stallTimer: NodeJS.Timeout | undefined
+  #stallArmed = false
+  /** performance.now() when the client's socket last pushed back (0: it is reading). */
+  #pausedAt = 0
 
   constructor (req: IncomingMessage, res: ServerResponse, deps: ForwarderDeps, decision: Decision, pool: UpstreamPool, tap: ResponseTap | undefined, waiting: WaitingList, release: (socket: ClientSocket) => void) {
     this.#req = req
@@ -314,17 +317,27 @@ class Exchange implements Dispatcher.DispatchHandler, Waiting {
     this.#tap?.onData(chunk)
     if (!this.#res.write(chunk)) {
       controller.pause()
+      this.#pausedAt = performance.now()
       this.#res.once('drain', () => {
-        if (this.#stallTimer !== undefined) clearTimeout(this.#stallTimer)
+        this.#pausedAt = 0
         controller.resume()
       })
+      // One timer for the exchange, armed at the first pause: it re-arms itself while the client keeps pausing.
       if (this.#stallTimer === undefined) this.#stallTimer = setTimeout(clientStalled, this.#deps.writeTimeoutMs, this)
-      else this.#stallTimer.refresh()
+      else if (!this.#stallArmed) this.#stallTimer.refresh()
+      this.#stallArmed = true
     }
   }
 
   stalled (): void {
-    if (this.#finished) return
+    this.#stallArmed = false
+    if (this.#finished || this.#pausedAt === 0) return // it read again since
+    const pausedFor = performance.now() - this.#pausedAt
+    if (pausedFor < this.#deps.writeTimeoutMs) {
+      this.#stallTimer?.refresh() // paused again since: judge that pause in full
+      this.#stallArmed = true
+      return
+    }
     this.#clientStalled = true
     this.#deps.log.debug({ version: this.#decision.version, url: this.#req.url }, 'the client read nothing for server.writeTimeoutMs; the answer is cut')
     this.#controller?.abort(new Error('the client stopped reading'))

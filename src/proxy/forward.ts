@@ -402,9 +402,17 @@ class Exchange implements Dispatcher.DispatchHandler, Waiting {
     return failure.reason === 'reset' && this.#status === 0 && this.#attempt === 1
   }
 
-  /** The key the distinct-users rule counts: the user key, or the client address for anonymous requests. */
+  /**
+   * The key the distinct-users rule counts: the user key, or for an anonymous request the client's address (behind
+   * a trusted proxy, the address it forwarded: the last X-Forwarded-For entry). Only computed for failures.
+   */
   #failingUser (): string {
-    return this.user ?? this.#req.socket?.remoteAddress ?? ''
+    if (this.user !== undefined) return this.user
+    const remote = this.#req.socket?.remoteAddress ?? ''
+    const forwarded = this.#req.headers['x-forwarded-for']
+    if (forwarded === undefined || this.#deps.headers.trusted?.(remote) !== true) return remote
+    const list = String(forwarded)
+    return list.slice(list.lastIndexOf(',') + 1).trim() || remote
   }
 
   #record (isError: boolean): void {

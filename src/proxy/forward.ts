@@ -136,6 +136,8 @@ export function createForwarder (deps: ForwarderDeps): (req: IncomingMessage, re
     }
     const problem = requestProblem(req)
     if (problem !== undefined) return refuse(req, res, problem)
+    // Everything after this point (the L2 routes, the L3 shadow request, the request log) sees the rewritten target.
+    if (path !== url) req.url = path
 
     const key = deps.keyReader.read(req.headers, req.rawHeaders)
     const decision = deps.router.decide(deps.rollout(), key)

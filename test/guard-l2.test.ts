@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict'
+import { request } from 'node:http'
 import { test, type TestContext } from 'node:test'
 import { buildApp, type App } from '../src/app.ts'
 import { captureLogs, getAs, nextGuardEvent, startRedis, startUpstream, testConfig, type TestRedis, untilRollout } from './helpers.ts'
@@ -140,6 +141,28 @@ test('L2 follows the fleet: an instance finding the ramp frozen pauses its featu
   await load(redis, first, '0.1')
   await reopened
   assert.equal((await getAs(second.url, 'bob', '/beta/x')).status, 200)
+})
+
+/** The status of a GET for `path` exactly as written (fetch would resolve dot-segments before sending). */
+async function statusOf (url: string, path: string): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const req = request(`${url}${path}`, { path, headers: { 'x-user-id': 'dave' } }, (res) => {
+      res.resume()
+      resolve(res.statusCode ?? 0)
+    })
+    req.on('error', reject).end()
+  })
+}
+
+test('L2 pauses every spelling of a feature route alike: the path is normalised before it is matched', async (t) => {
+  const { redis, instance } = await setup(t, { sustainMs: 0 })
+  const paused = nextGuardEvent(instance.app, 'l2', (on) => on)
+  await load(redis, instance, '0.95')
+  await paused
+  for (const spelling of ['/beta/x', '//beta//x', '/%62eta/x', '/x/../beta/x', '/./beta/x', '/beta/x/', '/api/v2/42/export/', '/api//v2/42/%65xport']) {
+    assert.equal(await statusOf(instance.url, spelling), 503, spelling)
+  }
+  assert.equal(await statusOf(instance.url, '/Beta/x'), 200, 'paths are case-sensitive')
 })
 
 async function untilFreezeGone (redis: TestRedis): Promise<void> {

@@ -1,6 +1,7 @@
 import picomatch from 'picomatch'
 import { every, type Periodic } from '../background.ts'
 import { isReady } from '../rollout/redis.ts'
+import { normalisePath } from '../routing/path.ts'
 import type { GuardContext, GuardEmitter } from './events.ts'
 import { LOAD_RULE, parseLoad, queryPrometheus } from './load-signal.ts'
 import { dryRunTrip } from './trip.ts'
@@ -57,11 +58,15 @@ export class DbLoadGuard {
     await this.#poll?.stop()
   }
 
-  /** Seconds for Retry-After when `url` is a paused feature route, else 0. On the hot path: cheap when open. */
+  /**
+   * Seconds for Retry-After when `url` is a paused feature route, else 0. On the hot path: cheap when open.
+   * Matched on the normalised path, as routes are; a target that has none is matched as sent.
+   */
   pausedFor (url: string): number {
     if (!this.#engaged || this.#rules.dryRun) return 0
+    const path = normalisePath(url)
     const query = url.indexOf('?')
-    return this.#isFeature(query === -1 ? url : url.slice(0, query)) ? this.#rules.retryAfterSeconds : 0
+    return this.#isFeature(typeof path === 'string' ? path : query === -1 ? url : url.slice(0, query)) ? this.#rules.retryAfterSeconds : 0
   }
 
   /** The signal poll's reading: the load key's text (null = missing) and whether the freeze key exists. */

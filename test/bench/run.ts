@@ -7,6 +7,7 @@ import { loadavg } from 'node:os'
 import { describeMachine } from './lib/machine.ts'
 import { fmt, table } from './lib/stats.ts'
 import { runProxyBench, type ProxyBenchResult } from './proxy.bench.ts'
+import { describeRoutesBench, runRoutesBench, type RoutesBenchResult } from './routing-routes.bench.ts'
 import { runRoutingBench, type RoutingBenchResult } from './routing.bench.ts'
 
 const env = (name: string, fallback: number): number => {
@@ -25,17 +26,18 @@ const options = {
 const startedAt = new Date()
 const proxy = await runProxyBench(options)
 const routing = runRoutingBench()
+const routes = await runRoutesBench()
 machine['load average at end'] = loadavg().map((n) => n.toFixed(2)).join(' ')
 
-const report = render(proxy, routing)
+const report = render(proxy, routing, routes)
 process.stdout.write(`\n${report}\n`)
 mkdirSync('test/bench/results', { recursive: true })
 const stamp = startedAt.toISOString().replace(/[:]/g, '').replace(/\..*/, '')
 writeFileSync(`test/bench/results/${stamp}.md`, report)
-writeFileSync(`test/bench/results/${stamp}.json`, JSON.stringify({ startedAt, machine, proxy, routing }, null, 2))
+writeFileSync(`test/bench/results/${stamp}.json`, JSON.stringify({ startedAt, machine, proxy, routing, routes }, null, 2))
 process.stdout.write(`\nwritten to test/bench/results/${stamp}.md and .json\n`)
 
-function render (result: ProxyBenchResult, micro: RoutingBenchResult): string {
+function render (result: ProxyBenchResult, micro: RoutingBenchResult, routes: RoutesBenchResult): string {
   const byName = (prefix: string): ProxyBenchResult['targets'][number] | undefined => result.targets.find((t) => t.name.startsWith(prefix))
   const dbshift = byName('dbshift')
   const baseline = byName('bare @fastify/http-proxy')
@@ -61,6 +63,7 @@ function render (result: ProxyBenchResult, micro: RoutingBenchResult): string {
     `- from CPU time (robust to other load on the machine): dbshift / baseline **${ratio(baseline?.cpuUs, dbshift?.cpuUs)}**, dbshift / nginx ${ratio(nginx?.cpuUs, dbshift?.cpuUs)} requests per CPU-second`,
     `- dbshift / baseline RSS: ${ratio(dbshift?.rss, baseline?.rss)}; dbshift tagged ${fmt.pct(dbshift?.migrated ?? Number.NaN)} of 2,000 distinct users migrated (set: 20%)`,
     `- routing decision (read X-User-ID + decide, unseen keys): **${micro.nsPerDecision.toFixed(0)} ns**; murmur3 bucket alone ${micro.nsPerHash.toFixed(0)} ns; ~${micro.bytesPerDecision.toFixed(0)} heap bytes per decision (median of ${micro.batches} × ${fmt.int(micro.perBatch)})`,
+    `- ${describeRoutesBench(routes)}`,
     '',
     '## Method',
     '',

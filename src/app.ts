@@ -13,6 +13,7 @@ import { RolloutKeys } from './rollout/keys.ts'
 import { connectRedis, type RedisClient } from './rollout/redis.ts'
 import { RolloutStore } from './rollout/store.ts'
 import { RolloutSync } from './rollout/sync.ts'
+import { ReverseLag } from './rollout/way-back.ts'
 import { TrafficWindow } from './traffic/window.ts'
 import { createPools, closePools } from './proxy/pools.ts'
 import { createForwarder, sendError } from './proxy/forward.ts'
@@ -92,8 +93,10 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const pools = createPools(config)
   const schedules = new ScheduleStore(redis, keys)
   const notifier = new Notifier({ ...config.notify, rollout: config.rollout.name, log, failures: metrics.backgroundErrors.labels('notify') })
-  const control = new RolloutControl({ redis, store, schedules, initialPercent: config.rollout.initialPercent, log, now, sync, metrics, notifier })
-  const guards = createGuards({ config, instanceId, sync, store, control, redis, traffic, metrics, log, now })
+  const reverseLag = new ReverseLag()
+  const wayBack = { ...config.guards.wayBack, pollMs: config.guards.signalPollIntervalMs }
+  const control = new RolloutControl({ redis, store, schedules, initialPercent: config.rollout.initialPercent, log, now, sync, metrics, notifier, wayBack, reverseLag })
+  const guards = createGuards({ config, instanceId, sync, store, control, redis, traffic, metrics, log, now, router, reverseLag })
   const heartbeat = new Heartbeat({ instanceId, redis, control, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log, failures: metrics.backgroundErrors.labels('heartbeat') })
   const scheduleRunner = new ScheduleRunner({ instanceId, store, schedules, control, redis, ...runnerTimings(config.redis.pollIntervalMs), now, log, failures: metrics.backgroundErrors.labels('schedule') })
   listeners.on(sync, 'change', () => { scheduleRunner.checkNow() }) // a trip aborts the schedule at once

@@ -20,6 +20,9 @@ export const ERROR_CODES = [
   'DBSHIFT_ERR_INVALID_VALUE',
   'DBSHIFT_ERR_CONFLICT',
   'DBSHIFT_ERR_NO_INSTANCES',
+  'DBSHIFT_ERR_WAY_BACK_NOT_READY',
+  'DBSHIFT_ERR_NO_WAY_BACK',
+  'DBSHIFT_ERR_WRITES_FENCED',
   'DBSHIFT_ERR_WORKERS_UNAVAILABLE'
 ] as const
 
@@ -76,3 +79,14 @@ export const NoInstancesError = createError<'DBSHIFT_ERR_NO_INSTANCES', 409, [st
 /** With `workers` > 1: no worker could answer an admin request relayed by the primary. */
 export const WorkersUnavailableError = createError<'DBSHIFT_ERR_WORKERS_UNAVAILABLE', 503, [string, Cause?]>(
   'DBSHIFT_ERR_WORKERS_UNAVAILABLE', 'no worker could answer: %s', 503)
+
+/** In reverse_sync, a raise while the reverse lag is unknown or above guards.wayBack.maxLagSeconds. */
+export const WayBackNotReadyError = createError<'DBSHIFT_ERR_WAY_BACK_NOT_READY', 409, [string, Cause?]>(
+  'DBSHIFT_ERR_WAY_BACK_NOT_READY', 'the way back is not ready: %s', 409)
+
+/** With no way back (`way_back` = none), a manual rollback without force. */
+export const NoWayBackError = createError<'DBSHIFT_ERR_NO_WAY_BACK', 409, [string, Cause?]>('DBSHIFT_ERR_NO_WAY_BACK', '%s', 409)
+
+/** A write of the moving cohort while the fence holds it (the reverse sync has not caught up yet). */
+export const WritesFencedError = createError<'DBSHIFT_ERR_WRITES_FENCED', 503, [Cause?]>(
+  'DBSHIFT_ERR_WRITES_FENCED', 'writes are held while your data is copied back; try again shortly', 503)

@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from 'prom-client'
 import { VERSIONS, type Version } from './routing/decide.ts'
+import { WAY_BACK_MODES } from './rollout/values.ts'
 
 /** Why a request to an upstream failed: the `reason` label of dbshift_upstream_errors_total. */
 export const UPSTREAM_ERROR_REASONS = ['refused', 'reset', 'timeout', 'dns', 'tls', 'protocol', 'other'] as const
@@ -61,6 +62,12 @@ export class Metrics {
   readonly l2Paused: Gauge
   readonly guardDryRuns: Counter<'level'>
   readonly backgroundErrors: Counter<'task'>
+  readonly wayBack: Gauge<'mode'>
+  readonly reverseLag: Gauge
+  readonly rollbackSafe: Gauge
+  readonly writesFenced: Gauge
+  readonly fencedRequests: Counter
+  readonly rollbackUnsafe: Counter
 
   /**
    * Requests are counted here and handed to prom-client when it collects (at each scrape): a request costs a
@@ -97,6 +104,12 @@ export class Metrics {
     this.l2Paused = new Gauge({ name: 'dbshift_l2_paused', help: '1 while the L2 guard pauses the new-feature routes and freezes the ramp, else 0.', registers, aggregator: 'max' })
     this.backgroundErrors = new Counter({ name: 'dbshift_background_errors_total', help: 'Failed runs of background work (polls, heartbeats, guard evaluations, the schedule runner, notifications), by task.', labelNames: ['task'], registers })
     this.guardDryRuns = new Counter({ name: 'dbshift_guard_dry_run_trips_total', help: 'Trips a guard in dry-run mode would have made (logged, not acted on), by level.', labelNames: ['level'], registers })
+    this.wayBack = new Gauge({ name: 'dbshift_way_back', help: 'The way back in force (1 for its mode): dual_write, reverse_sync or none.', labelNames: ['mode'], registers, aggregator: 'max' })
+    this.reverseLag = new Gauge({ name: 'dbshift_reverse_lag_seconds', help: 'How far behind the reverse sync (migrated to legacy) is, as of now; NaN while unknown.', registers, aggregator: 'max' })
+    this.rollbackSafe = new Gauge({ name: 'dbshift_rollback_safe', help: '1 when a rollback now would lose no write, else 0.', registers, aggregator: 'min' })
+    this.writesFenced = new Gauge({ name: 'dbshift_writes_fenced', help: '1 while the moving cohort\'s writes are fenced (503), else 0.', registers, aggregator: 'max' })
+    this.fencedRequests = new Counter({ name: 'dbshift_fenced_requests_total', help: 'Writes answered 503 because the fence held them.', registers })
+    this.rollbackUnsafe = new Counter({ name: 'dbshift_rollback_unsafe_total', help: 'Fences released on timeout before the reverse sync caught up: writes may be missing on legacy.', registers })
 
     // Series that exist from the start, at 0, so that rate() and alerts see the first failure as an increase.
     for (const version of VERSIONS) {
@@ -111,6 +124,12 @@ export class Metrics {
     this.rolledBack.set(0)
     this.redisUp.set(0)
     this.l2Paused.set(0)
+    for (const mode of WAY_BACK_MODES) this.wayBack.labels(mode).set(mode === 'dual_write' ? 1 : 0)
+    this.reverseLag.set(Number.NaN)
+    this.rollbackSafe.set(1)
+    this.writesFenced.set(0)
+    this.fencedRequests.inc(0)
+    this.rollbackUnsafe.inc(0)
     if (options.defaultMetrics !== false) {
       collectDefaultMetrics({ register: registry })
       for (const name of MISNAMED_DEFAULT_METRICS) registry.removeSingleMetric(name)

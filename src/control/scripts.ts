@@ -23,15 +23,24 @@ local function announce(action, value)
 end
 `
 
-/** KEYS: audit, percent, freeze, state. ARGV: percent, initial percent. Returns {1 set | 0 refused (frozen) | 2 unchanged, old, frozen reason, state}. */
+/**
+ * KEYS: audit, percent, freeze, state, way_back. ARGV: percent, initial percent, why the way back is not ready
+ * ('' = ready). Returns {1 set | 0 refused (frozen) | 3 refused (way back not ready) | 2 unchanged, old, reason,
+ * state}. A raise is refused while frozen, and in reverse_sync while the reverse lag is unknown or too high.
+ */
 const SET_PERCENT = `
 local old = redis.call('GET', KEYS[2])
 local state = redis.call('GET', KEYS[4]) or ''
 if old and tonumber(old) == tonumber(ARGV[7]) then return {2, old, '', state} end
-if redis.call('EXISTS', KEYS[3]) == 1 and tonumber(ARGV[7]) > (tonumber(old or ARGV[8]) or 0) then
+local raise = tonumber(ARGV[7]) > (tonumber(old or ARGV[8]) or 0)
+if redis.call('EXISTS', KEYS[3]) == 1 and raise then
   local frozen = redis.call('GET', KEYS[3]) or ''
   audit('set_percent_refused', old or '', ARGV[7], nil, 'the ramp is frozen: ' .. frozen)
   return {0, old or '', frozen, state}
+end
+if raise and ARGV[9] ~= '' and redis.call('GET', KEYS[5]) == 'reverse_sync' then
+  audit('set_percent_refused', old or '', ARGV[7], nil, 'the way back is not ready: ' .. ARGV[9])
+  return {3, old or '', ARGV[9], state}
 end
 redis.call('SET', KEYS[2], ARGV[7])
 audit('set_percent', old or '', ARGV[7])
@@ -39,15 +48,78 @@ announce('set_percent', ARGV[7])
 return {1, old or '', '', state}
 `
 
-/** KEYS: audit, state, trip. ARGV: level, trip time (ISO). Returns 1, or 0 when it already was rolled back. */
+/**
+ * KEYS: audit, state, trip, way_back, fence, percent. ARGV: level, trip time (ISO), force (1|''), fence id,
+ * fence deadline (ISO, '' for none), initial percent. With no way back (`none`) and no force, nothing is written.
+ * In reverse_sync, and on an L3 trip in every mode, the rollback engages the fence on the moving cohort (those
+ * under the percentage before it) in the same step. Returns {1 | 0 already rolled back | -1 refused, the mode,
+ * the fence id ('' = no fence engaged)}.
+ */
 const ROLLBACK = `
+local mode = redis.call('GET', KEYS[4]) or 'dual_write'
+if mode == 'none' and ARGV[9] ~= '1' then
+  audit('rollback_refused', redis.call('GET', KEYS[2]) or 'active', 'rolled_back', {'level', ARGV[7]}, 'way back: none (a rollback needs force): ' .. REASON)
+  return {-1, mode, ''}
+end
 local old = redis.call('GET', KEYS[2])
-if old == 'rolled_back' then return 0 end
+if old == 'rolled_back' then return {0, mode, ''} end
 redis.call('SET', KEYS[2], 'rolled_back')
 redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[3], 'level', ARGV[7], 'reason', REASON, 'at', ARGV[8], 'by', BY)
 audit('rollback', old or 'active', 'rolled_back', {'level', ARGV[7]})
 announce('rollback', ARGV[7])
+local fence = ''
+if ARGV[7] == 'L3' or mode == 'reverse_sync' then
+  if redis.call('EXISTS', KEYS[5]) == 0 then
+    local deadline = ARGV[11]
+    if ARGV[7] == 'L3' then deadline = '' end
+    redis.call('HSET', KEYS[5], 'id', ARGV[10], 'level', ARGV[7], 'reason', REASON, 'at', ARGV[8], 'deadline', deadline, 'percent', redis.call('GET', KEYS[6]) or ARGV[12])
+    audit('fence', '', ARGV[10], {'level', ARGV[7]})
+    announce('fence', ARGV[10])
+    fence = ARGV[10]
+  end
+end
+return {1, mode, fence}
+`
+
+/** KEYS: audit, way_back. ARGV: mode. Returns {1 | 0 unchanged, old}. Setting dual_write deletes the key (its default). */
+const WAY_BACK = `
+local old = redis.call('GET', KEYS[2]) or 'dual_write'
+if old == ARGV[7] then return {0, old} end
+if ARGV[7] == 'dual_write' then redis.call('DEL', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[7]) end
+audit('way_back', old, ARGV[7])
+announce('way_back', ARGV[7])
+return {1, old}
+`
+
+/**
+ * KEYS: audit, fence, percent. ARGV: fence id, level, at (ISO), initial percent. A fence with no rollback (an L3
+ * trip when there is no way back). Returns 1, or 0 when a fence is already in force.
+ */
+const FENCE = `
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], 'id', ARGV[7], 'level', ARGV[8], 'reason', REASON, 'at', ARGV[9], 'deadline', '', 'percent', redis.call('GET', KEYS[3]) or ARGV[10])
+audit('fence', '', ARGV[7], {'level', ARGV[8]})
+announce('fence', ARGV[7])
+return 1
+`
+
+/** KEYS: audit, fence. ARGV: fence id ('' = whichever is in force), how (caught_up | restored | timeout | operator). Returns {1 | 0 not in force, id}. */
+const FENCE_RELEASE = `
+local id = redis.call('HGET', KEYS[2], 'id')
+if not id or (ARGV[7] ~= '' and id ~= ARGV[7]) then return {0, ''} end
+redis.call('DEL', KEYS[2])
+audit('fence_release', id, '', {'how', ARGV[8]})
+announce('fence_release', id)
+return {1, id}
+`
+
+/** KEYS: audit, fence. ARGV: fence id. A timed-out fence kept (onTimeout: hold), recorded once. Returns 1, or 0. */
+const FENCE_HOLD = `
+if redis.call('HGET', KEYS[2], 'id') ~= ARGV[7] then return 0 end
+if redis.call('HSETNX', KEYS[2], 'held', AT) == 0 then return 0 end
+audit('fence_hold', ARGV[7], ARGV[7])
+announce('fence_hold', ARGV[7])
 return 1
 `
 
@@ -99,12 +171,15 @@ return 1
 `
 
 /**
- * KEYS: audit, claim, armed. ARGV: claimant, claim ms, key name, old, new, re-arm (1|0). A change made by hand:
+ * KEYS: audit, claim, armed. ARGV: claimant, claim ms, key name, old, new, re-arm (1|0), way-back warning ('').
+ * A change made by hand:
  * the first instance to claim it records it (and, for a resume, the re-arm time); the others find it claimed.
  */
 const HAND_CHANGE = `
 if not redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[8], 'NX') then return 0 end
-audit('hand_set', ARGV[10], ARGV[11], {'key', ARGV[9]})
+local extra = {'key', ARGV[9]}
+if (ARGV[13] or '') ~= '' then extra = {'key', ARGV[9], 'way_back', ARGV[13]} end
+audit('hand_set', ARGV[10], ARGV[11], extra)
 if ARGV[12] == '1' then redis.call('SET', KEYS[3], AT) end
 return 1
 `
@@ -167,8 +242,12 @@ return 1
 
 /** Every script: its own keys (the audit stream not counted) and whether it takes the audit header. */
 const SCRIPTS = {
-  dbshiftSetPercent: { keys: 3, lua: SET_PERCENT, audited: true },
-  dbshiftRollback: { keys: 2, lua: ROLLBACK, audited: true },
+  dbshiftSetPercent: { keys: 4, lua: SET_PERCENT, audited: true },
+  dbshiftRollback: { keys: 5, lua: ROLLBACK, audited: true },
+  dbshiftWayBack: { keys: 1, lua: WAY_BACK, audited: true },
+  dbshiftFence: { keys: 2, lua: FENCE, audited: true },
+  dbshiftFenceRelease: { keys: 1, lua: FENCE_RELEASE, audited: true },
+  dbshiftFenceHold: { keys: 1, lua: FENCE_HOLD, audited: true },
   dbshiftResume: { keys: 3, lua: RESUME, audited: true },
   dbshiftFreeze: { keys: 1, lua: FREEZE, audited: true },
   dbshiftUnfreeze: { keys: 1, lua: UNFREEZE, audited: true },

@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import type { Dispatcher } from 'undici'
 import type { Logger, LevelWithSilent } from 'pino'
-import { BadRequestError, FeaturePausedError, OverloadedError, UriTooLongError } from '../errors.ts'
+import { BadRequestError, FeaturePausedError, OverloadedError, UriTooLongError, WritesFencedError } from '../errors.ts'
 import type { Metrics } from '../metrics.ts'
 import type { Decision, Router, Version } from '../routing/decide.ts'
 import { fromByteString, headerCount, type UserKeyReader } from '../routing/user-key.ts'
@@ -35,6 +35,8 @@ export interface ForwardHooks {
   pausedFor?: (url: string) => number
   /** A tap for this exchange when it is sampled for shadow comparison. */
   tap?: (req: IncomingMessage, decision: Decision) => ResponseTap | undefined
+  /** Seconds to put in Retry-After when this request is a write the fence holds (the way back), or 0. */
+  fenced?: (req: IncomingMessage, key: string | undefined) => number
 }
 
 export interface ForwarderDeps {
@@ -85,6 +87,8 @@ export function createForwarder (deps: ForwarderDeps): (req: IncomingMessage, re
       deps.metrics.recordRequest(decision.version, 503, 0)
       return sendError(res, new FeaturePausedError(), decision.version, { 'retry-after': String(retryAfter) })
     }
+    const fencedFor = deps.hooks?.fenced?.(req, key) ?? 0
+    if (fencedFor > 0) return sendError(res, new WritesFencedError(), decision.version, { 'retry-after': String(fencedFor) })
     inFlight++
     res.once('close', done)
     const exchange = new Exchange(req, res, deps, decision, deps.pools[decision.version], deps.hooks?.tap?.(req, decision))

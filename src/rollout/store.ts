@@ -1,6 +1,7 @@
 import type { RedisClient } from './redis.ts'
 import type { RolloutKeys } from './keys.ts'
-import { parsePercent, parseStateName, PERCENT_RULE, STATE_RULE, type RolloutStateName } from './values.ts'
+import { parsePercent, parseStateName, parseWayBack, PERCENT_RULE, STATE_RULE, WAY_BACK_RULE, type RolloutStateName, type WayBackMode } from './values.ts'
+import { FENCE_RULE, parseFence, type Fence } from './way-back.ts'
 import { InvalidValueError } from '../errors.ts'
 import { MAX_KEY_BYTES } from '../routing/user-key.ts'
 
@@ -30,7 +31,11 @@ export interface SharedRollout {
   armedAt: number
   /** Why the L2 guard froze the ramp (raises are refused), or null. */
   freeze: string | null
-  found: { percent: ValueSource, state: ValueSource }
+  /** How the data gets back to legacy (missing: dual_write). */
+  wayBack: WayBackMode
+  /** The fence on the moving cohort's writes, or undefined. */
+  fence: Fence | undefined
+  found: { percent: ValueSource, state: ValueSource, wayBack: ValueSource, fence: ValueSource }
   /** The dials' raw text (null = missing): what a change made by hand wrote. */
   raw: { percent: string | null, state: string | null }
   /** Values that were ignored, for the caller to log and count. */
@@ -78,6 +83,8 @@ export class RolloutStore {
       .smembersBuffer(k.deny)
       .get(k.armed)
       .get(k.freeze)
+      .get(k.wayBack)
+      .hgetall(k.fence)
       .exec()
     const invalid: InvalidValue[] = []
     const value = (index: number, key: string): unknown => {
@@ -96,8 +103,22 @@ export class RolloutStore {
     const deny = members(value(4, k.deny) as Buffer[] | null, k.deny, invalid)
     const armedText = value(5, k.armed) as string | null
     const freeze = value(6, k.freeze) as string | null
+    const wayBackText = value(7, k.wayBack) as string | null
+    const fenceHash = value(8, k.fence) as Record<string, string> | null
 
-    const found: SharedRollout['found'] = { percent: 'missing', state: 'missing' }
+    const found: SharedRollout['found'] = { percent: 'missing', state: 'missing', wayBack: 'missing', fence: 'missing' }
+    let wayBack: WayBackMode | undefined
+    if (wayBackText !== null) {
+      wayBack = parseWayBack(wayBackText)
+      found.wayBack = wayBack === undefined ? 'invalid' : 'set'
+      if (wayBack === undefined) invalid.push({ key: k.wayBack, value: wayBackText, rule: WAY_BACK_RULE })
+    }
+    const parsedFence = parseFence(fenceHash)
+    if (parsedFence.fence !== undefined) found.fence = 'set'
+    if (parsedFence.problem !== undefined) {
+      found.fence = 'invalid'
+      invalid.push({ key: k.fence, value: parsedFence.problem, rule: FENCE_RULE })
+    }
     let percent: number | undefined
     if (percentText !== null) {
       percent = parsePercent(percentText)
@@ -122,6 +143,8 @@ export class RolloutStore {
       deny,
       armedAt,
       freeze,
+      wayBack: wayBack ?? 'dual_write',
+      fence: parsedFence.fence,
       found,
       raw: { percent: percentText, state: stateText },
       invalid
@@ -136,6 +159,25 @@ export class RolloutStore {
       if (!(err instanceof Error) || !err.message.includes('WRONGTYPE')) throw err
       throw new InvalidValueError(wrongTypeMessage(this.keys[set]), { cause: err })
     }
+  }
+
+  /** The signal keys the guards poll (one MGET) and the PTTL of `ttlKeys`, in one round trip. */
+  async readSignals (keys: string[], ttlKeys: string[]): Promise<{ values: Array<string | null>, ttls: Map<string, number> }> {
+    if (ttlKeys.length === 0) return { values: await this.#redis.mget(...keys), ttls: new Map() }
+    const pipeline = this.#redis.pipeline().mget(...keys)
+    for (const key of ttlKeys) pipeline.pttl(key)
+    const results = await pipeline.exec() ?? []
+    for (const [err] of results) if (err !== null) throw err
+    const ttls = new Map<string, number>()
+    ttlKeys.forEach((key, i) => ttls.set(key, results[i + 1]?.[1] as number))
+    return { values: results[0]?.[1] as Array<string | null>, ttls }
+  }
+
+  /** The reverse lag key and its PTTL, for a command with no poll of its own (the `dbshift` command). */
+  async readReverseLag (): Promise<{ text: string | null, ttlMs: number }> {
+    const results = await this.#redis.pipeline().get(this.keys.reverseLagSignal).pttl(this.keys.reverseLagSignal).exec()
+    const [[, text], [, ttl]] = results as Array<[Error | null, unknown]> as [[Error | null, string | null], [Error | null, number]]
+    return { text, ttlMs: ttl }
   }
 
   /** The newest audit entries, newest first. */

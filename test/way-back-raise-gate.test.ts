@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { nextGuardEvent, startRedis, startUpstream, untilRollout } from './helpers.ts'
+import { nextGuardEvent, startRedis, startUpstream, untilRollout, type TestRedis } from './helpers.ts'
 import { adminCall, dbshift, keysOf, startWayBackProxy, wayBackConfig } from './way-back-helpers.ts'
 
-async function lastAudit (redis: { client: { xrevrange: (...args: string[]) => Promise<unknown> } }, key: string): Promise<Record<string, string>> {
-  const [[, flat]] = await redis.client.xrevrange(key, '+', '-', 'COUNT', '1') as Array<[string, string[]]>
+async function lastAudit (redis: TestRedis, key: string): Promise<Record<string, string>> {
+  const [[, flat]] = await redis.client.xrevrange(key, '+', '-', 'COUNT', 1) as Array<[string, string[]]>
   const fields: Record<string, string> = {}
   for (let i = 0; i < flat.length; i += 2) fields[flat[i] as string] = flat[i + 1] as string
   return fields

@@ -146,9 +146,10 @@ export class RolloutControl {
     const id = `${at.toString(36)}-${randomBytes(4).toString('hex')}`
     const deadline = at + this.#rules.fenceTimeoutMs
     let written: { code: number, fence: string } | undefined
+    let local: Fence | undefined
     const write = async (): Promise<boolean> => {
       const [code, , fence] = await this.#scripts.change('dbshiftRollback', header, [k.state, k.trip, k.wayBack, k.fence, k.percent],
-        [level, trip.at, force ? '1' : '', id, level === 'L3' ? '' : new Date(deadline).toISOString(), this.#o.initialPercent]) as [number, string, string]
+        [level, trip.at, force ? '1' : '', id, new Date(deadline).toISOString(), local === undefined ? '' : String(local.percent), this.#o.initialPercent, local === undefined ? '' : '1']) as [number, string, string]
       written = { code, fence }
       return code === 1
     }
@@ -164,7 +165,7 @@ export class RolloutControl {
     } else {
       const current = sync.current
       // The fence engages here at once too, on the cohort of the dial in force before the rollback.
-      const local: Fence | undefined = !current.rolledBack && (level === 'L3' || current.wayBack === 'reverse_sync')
+      local = !current.rolledBack && (level === 'L3' || current.wayBack === 'reverse_sync')
         ? { id, level, reason: trip.reason, at, deadline: level === 'L3' ? undefined : deadline, percent: current.percent, held: false }
         : undefined
       let persisted = await sync.rollbackLocally(trip, write, local)

@@ -50,10 +50,11 @@ return {1, old or '', '', state}
 
 /**
  * KEYS: audit, state, trip, way_back, fence, percent. ARGV: level, trip time (ISO), force (1|''), fence id,
- * fence deadline (ISO, '' for none), initial percent. With no way back (`none`) and no force, nothing is written.
- * In reverse_sync, and on an L3 trip in every mode, the rollback engages the fence on the moving cohort (those
- * under the percentage before it) in the same step. Returns {1 | 0 already rolled back | -1 refused, the mode,
- * the fence id ('' = no fence engaged)}.
+ * fence deadline (ISO), the cohort's percentage ('' = the percent key's), initial percent, fenced here already
+ * (1|''). With no way back (`none`) and no force, nothing is written. In reverse_sync, on an L3 trip in every
+ * mode, and when the instance already fences locally (a rollback made while Redis was away), the rollback
+ * engages the fence on the moving cohort (those under the percentage before it) in the same step. Returns
+ * {1 | 0 already rolled back | -1 refused, the mode, the fence id ('' = no fence engaged)}.
  */
 const ROLLBACK = `
 local mode = redis.call('GET', KEYS[4]) or 'dual_write'
@@ -69,11 +70,13 @@ redis.call('HSET', KEYS[3], 'level', ARGV[7], 'reason', REASON, 'at', ARGV[8], '
 audit('rollback', old or 'active', 'rolled_back', {'level', ARGV[7]})
 announce('rollback', ARGV[7])
 local fence = ''
-if ARGV[7] == 'L3' or mode == 'reverse_sync' then
+if ARGV[7] == 'L3' or mode == 'reverse_sync' or ARGV[14] == '1' then
   if redis.call('EXISTS', KEYS[5]) == 0 then
     local deadline = ARGV[11]
     if ARGV[7] == 'L3' then deadline = '' end
-    redis.call('HSET', KEYS[5], 'id', ARGV[10], 'level', ARGV[7], 'reason', REASON, 'at', ARGV[8], 'deadline', deadline, 'percent', redis.call('GET', KEYS[6]) or ARGV[12])
+    local percent = ARGV[12]
+    if percent == '' then percent = redis.call('GET', KEYS[6]) or ARGV[13] end
+    redis.call('HSET', KEYS[5], 'id', ARGV[10], 'level', ARGV[7], 'reason', REASON, 'at', ARGV[8], 'deadline', deadline, 'percent', percent)
     audit('fence', '', ARGV[10], {'level', ARGV[7]})
     announce('fence', ARGV[10])
     fence = ARGV[10]

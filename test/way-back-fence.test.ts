@@ -261,3 +261,19 @@ test('three instances agree on one fence, and one covering reading lifts it for 
   const released = (await s.redis.client.xrange(k.audit, '-', '+')).filter(([, f]) => f.includes('fence_release'))
   assert.equal(released.length, 1)
 })
+
+test('a resume lifts the fence with the rollback: the cohort is back on migrated, which has its data', async (t) => {
+  const rollout = 'wb-resume'
+  const k = keysOf(rollout)
+  const s = await setup(t, rollout)
+  const alice = s.users.migrated[0] as string
+  assert.equal((await adminCall(s.proxy.adminUrl, 'POST', '/rollback', {})).status, 200)
+  assert.equal((await writeAs(s.proxy.url, alice)).status, 503)
+  assert.equal((await adminCall(s.proxy.adminUrl, 'POST', '/resume', {})).status, 200)
+  await untilRollout(s.proxy.app, (snapshot) => !snapshot.rolledBack && snapshot.fence === undefined)
+  const write = await writeAs(s.proxy.url, alice)
+  assert.deepEqual([write.status, write.version], [200, 'migrated'])
+  assert.equal(await s.redis.client.exists(k.fence), 0)
+  const released = (await s.redis.client.xrange(k.audit, '-', '+')).find(([, f]) => f.includes('fence_release'))
+  assert.ok(released?.[1].includes('resume'))
+})

@@ -25,6 +25,7 @@ export type TripOutcome = 'tripped' | 'pending' | 'joined'
 
 /** How a fence was lifted: the reverse sync caught up, the data was restored (L3), on timeout, or by an operator. */
 export type FenceRelease = 'caught_up' | 'restored' | 'timeout' | 'operator'
+// A resume lifts its rollback's fence too (`how`: resume, in the audit entry).
 
 /** The rules of the way back (guards.wayBack), with the signal poll's interval. */
 export interface WayBackRules {
@@ -265,7 +266,7 @@ export class RolloutControl {
     if (blocked !== undefined) return blocked
     const k = this.keys
     const header = this.#header(actor, reason)
-    const done = await this.#scripts.change('dbshiftResume', header, [k.state, k.trip, k.armed]) === 1
+    const done = await this.#scripts.change('dbshiftResume', header, [k.state, k.trip, k.armed, k.fence]) === 1
     if (done) {
       await this.#reread()
       this.#o.notifier?.send({ action: 'resume', actor, reason, at: header.at })

@@ -126,7 +126,10 @@ announce('fence_hold', ARGV[7])
 return 1
 `
 
-/** KEYS: audit, state, trip, armed. Returns 1, or 0 when it was not rolled back. The re-arm time is the resume's. */
+/**
+ * KEYS: audit, state, trip, armed, fence. Returns 1, or 0 when it was not rolled back. The re-arm time is the
+ * resume's. A fence of the rollback goes with it: the cohort is back on migrated, which has its data.
+ */
 const RESUME = `
 local old = redis.call('GET', KEYS[2])
 if old ~= 'rolled_back' then return 0 end
@@ -134,6 +137,11 @@ redis.call('SET', KEYS[2], 'active')
 redis.call('DEL', KEYS[3])
 redis.call('SET', KEYS[4], AT)
 audit('resume', old, 'active')
+local fence = redis.call('HGET', KEYS[5], 'id')
+if fence then
+  redis.call('DEL', KEYS[5])
+  audit('fence_release', fence, '', {'how', 'resume'})
+end
 announce('resume', 'active')
 return 1
 `
@@ -251,7 +259,7 @@ const SCRIPTS = {
   dbshiftFence: { keys: 2, lua: FENCE, audited: true },
   dbshiftFenceRelease: { keys: 1, lua: FENCE_RELEASE, audited: true },
   dbshiftFenceHold: { keys: 1, lua: FENCE_HOLD, audited: true },
-  dbshiftResume: { keys: 3, lua: RESUME, audited: true },
+  dbshiftResume: { keys: 4, lua: RESUME, audited: true },
   dbshiftFreeze: { keys: 1, lua: FREEZE, audited: true },
   dbshiftUnfreeze: { keys: 1, lua: UNFREEZE, audited: true },
   dbshiftMember: { keys: 1, lua: MEMBER, audited: true },

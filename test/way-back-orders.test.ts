@@ -92,15 +92,15 @@ async function run (t: TestContext, mode: 'reverse_sync' | 'dual_write'): Promis
 
   const result: Run = { placed: [], fenced: 0, missingAtFirstLegacyWrite: undefined, missingAtEnd: 0 }
   const missing = async (): Promise<number> => {
-    const [{ n }] = await db.query(`SELECT count(*)::int AS n FROM migrated.orders m LEFT JOIN legacy.orders l ON l.id = m.id WHERE l.id IS NULL`) as [{ n: number }]
+    const [{ n }] = await db.query('SELECT count(*)::int AS n FROM migrated.orders m LEFT JOIN legacy.orders l ON l.id = m.id WHERE l.id IS NULL') as [{ n: number }]
     return n
   }
-  let stop = false
+  const stop = { now: false }
   let legacyWritesAfterTrip = 0
   let onLegacyAgain: () => void = () => {}
   const backOnLegacy = new Promise<void>((resolve) => { onLegacyAgain = resolve })
   const writer = async (user: string): Promise<void> => {
-    for (let i = 0; !stop; i++) {
+    for (let i = 0; !stop.now; i++) {
       const res = await fetch(`${proxy.url}/orders`, { method: 'POST', headers: { 'x-user-id': user, 'content-type': 'application/json' }, body: JSON.stringify({ item: `item-${i}`, quantity: 1, address: HOME }) })
       const body = await res.json() as { order?: { id: number }, error?: string }
       const version = res.headers.get('x-dbshift-version') ?? ''
@@ -125,7 +125,7 @@ async function run (t: TestContext, mode: 'reverse_sync' | 'dual_write'): Promis
   await tripped
   await untilRollout(app, (s) => s.rolledBack)
   await backOnLegacy
-  stop = true
+  stop.now = true
   await Promise.all(writers)
   // Let the reverse sync finish, then count what legacy lacks of what migrated took.
   for (let i = 0; i < 100 && await missing() > 0; i++) await new Promise((resolve) => setTimeout(resolve, 100))

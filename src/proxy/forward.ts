@@ -1,12 +1,12 @@
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import type { Dispatcher } from 'undici'
 import type { Logger, LevelWithSilent } from 'pino'
-import { BadRequestError, FeaturePausedError, OverloadedError, UpstreamBusyError, UriTooLongError } from '../errors.ts'
+import { BadRequestError, FeaturePausedError, OverloadedError, UpstreamBusyError, UriTooLongError, WritesFencedError } from '../errors.ts'
 import type { Metrics } from '../metrics.ts'
 import type { Decision, Router, Version } from '../routing/decide.ts'
 import { normalisePath as routePath } from '../routing/path.ts'
 import type { ReadYourWrites } from '../routing/read-your-writes.ts'
-import { classOf, DEFAULT_ROUTE, type RouteTable } from '../routing/routes.ts'
+import { classOf, DEFAULT_ROUTE, type RequestClass, type Route, type RouteTable } from '../routing/routes.ts'
 import { fromByteString, headerCount, type UserKeyReader } from '../routing/user-key.ts'
 import type { RolloutSnapshot } from '../rollout/snapshot.ts'
 import type { TrafficWindow } from '../traffic/window.ts'
@@ -34,6 +34,8 @@ export interface ForwardHooks {
   pausedFor?: (url: string) => number
   /** A tap for this exchange when it is sampled for shadow comparison. */
   tap?: (req: IncomingMessage, decision: Decision) => ResponseTap | undefined
+  /** Seconds to put in Retry-After when this request is a write the fence holds (the way back), or 0. */
+  fenced?: (cls: RequestClass, route: Route, key: string | undefined) => number
 }
 
 export interface ForwarderDeps {
@@ -165,6 +167,11 @@ export function createForwarder (deps: ForwarderDeps): (req: IncomingMessage, re
       metrics.recordRequest(decision.version, 503, 0)
       metrics.recordRefused('paused')
       return sendError(res, new FeaturePausedError(), decision.version, { 'retry-after': String(retryAfter) })
+    }
+    const fencedFor = deps.hooks?.fenced?.(cls, route, key) ?? 0
+    if (fencedFor > 0) {
+      metrics.recordRefused('fenced')
+      return sendError(res, new WritesFencedError(), decision.version, { 'retry-after': String(fencedFor) })
     }
     inFlight++
     socket[BUSY] = true

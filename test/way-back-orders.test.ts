@@ -88,7 +88,8 @@ async function run (t: TestContext, mode: 'reverse_sync' | 'dual_write'): Promis
   const proxy = await startWayBackProxy(t, wayBackConfig(redis.url, legacy.url, migrated.url, rollout, { guards: { wayBack: { fenceTimeoutMs: 30_000 } } }))
   const app: App = proxy.app
   await nextGuardEvent(app, 'signals', () => app.guards.wayBack.verdict().ready, 10_000)
-  const users = cohorts(app, 50, 8).migrated
+  // More writers than guards.l1.minUsers (10): a trip needs that many distinct failing users.
+  const users = cohorts(app, 50, 12).migrated
 
   const result: Run = { placed: [], fenced: 0, missingAtFirstLegacyWrite: undefined, missingAtEnd: 0 }
   const missing = async (): Promise<number> => {

@@ -20,7 +20,7 @@ import { RolloutSync } from './rollout/sync.ts'
 import type { RolloutSnapshot } from './rollout/snapshot.ts'
 import { TrafficWindow } from './traffic/window.ts'
 import { createPools, closePools, type Pools } from './proxy/pools.ts'
-import { createForwarder, sendError } from './proxy/forward.ts'
+import { createForwarder, sendError, type ForwarderDeps } from './proxy/forward.ts'
 import type { AdminOptions } from './admin/options.ts'
 import { OpenConnections } from './proxy/connections.ts'
 import { StreamTracker } from './proxy/streams.ts'
@@ -156,7 +156,12 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const connections = new OpenConnections({ router, rollout: () => sync.current, metrics, log, spreadMs: config.server.reconnectSpreadMs })
   listeners.on(sync, 'change', (next: RolloutSnapshot) => { connections.reconsider(next) })
   const streams = new StreamTracker(connections, keyReader, guards.hooks.tap)
-  const forward = createForwarder({
+  // One route table, replaced in place by a reload; the forwarder reads its deps per request (a reload sets readYourWrites).
+  const routes = new RouteTable(config.routes)
+  const readYourWrites = (windowMs: number): ReadYourWrites | undefined => windowMs === 0
+    ? undefined
+    : new ReadYourWrites({ windowMs, secret: config.rollout.cookieSecret, rollout: config.rollout.name, secure: config.tls !== undefined })
+  const forwardDeps: ForwarderDeps = {
     router,
     keyReader,
     rollout: () => sync.current,
@@ -174,12 +179,15 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     writeTimeoutMs: config.server.writeTimeoutMs,
     hooks: { ...guards.hooks, tap: streams.tap },
     draining: () => draining,
-    routes: new RouteTable(config.routes),
-    readYourWrites: config.rollout.readYourWritesMs === 0
-      ? undefined
-      : new ReadYourWrites({ windowMs: config.rollout.readYourWritesMs, secret: config.rollout.cookieSecret, rollout: config.rollout.name, secure: config.tls !== undefined }),
+    routes,
+    readYourWrites: readYourWrites(config.rollout.readYourWritesMs),
     now
-  })
+  }
+  const forward = createForwarder(forwardDeps)
+  const setReadYourWrites = (windowMs: number): void => {
+    if (windowMs !== 0 && forwardDeps.readYourWrites !== undefined) forwardDeps.readYourWrites.windowMs = windowMs // the marks made stay
+    else forwardDeps.readYourWrites = readYourWrites(windowMs)
+  }
 
   const proxy = Fastify({
     loggerInstance: log as FastifyBaseLogger,
@@ -249,7 +257,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   await admin.register(consoleRoutes, { config, metrics, traffic, guards, sync, redis, keys, now }) // first: its read check covers every route
   const adminOptions: AdminOptions = { config, instanceId, sync, store, control, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, poolHealth, now }
   const reloadConfig = async (): Promise<ReloadResult> => await reload({
-    config, pools, poolHealth, metrics, log, now, setSecureContext: (context) => { (proxy.server as unknown as TlsServer).setSecureContext(context) }
+    config, pools, poolHealth, routes, store, refresh: async () => { await sync.refresh() }, setReadYourWrites, onPools: guards.reloadPools, metrics, log, now, setSecureContext: (context) => { (proxy.server as unknown as TlsServer).setSecureContext(context) }
   }, deps.loadConfig ?? (() => loadConfig()))
   // One scope, so that POST /reload answers errors in the same shape as every admin route.
   await admin.register(async (scope) => {

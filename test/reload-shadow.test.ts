@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict'
-import type { IncomingMessage } from 'node:http'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import { test } from 'node:test'
 import { SHADOW_HEADER } from '../src/guards/l3-shadow.ts'
 import { captureLogs, getAs, nextGuardEvent, startRedis, startUpstream } from './helpers.ts'
@@ -8,7 +8,7 @@ import { configFile, startReloadable } from './health-helpers.ts'
 test('a reload that changes the migrated pool sends the L3 shadow requests to the new member', async (t) => {
   const redis = await startRedis(t)
   const legacy = await startUpstream(t, 'legacy', (req, res) => { req.resume(); res.writeHead(200, { 'content-type': 'application/json' }).end('{"id":1}') })
-  const same = (req: IncomingMessage, res: import('node:http').ServerResponse): void => { req.resume(); res.writeHead(200, { 'content-type': 'application/json' }).end('{"id":1}') }
+  const same = (req: IncomingMessage, res: ServerResponse): void => { req.resume(); res.writeHead(200, { 'content-type': 'application/json' }).end('{"id":1}') }
   const before = await startUpstream(t, 'before', same)
   const after = await startUpstream(t, 'after', same)
   const file = (migrated: string): Record<string, unknown> => ({

@@ -10,6 +10,7 @@ import { loadConfig, parseHostPort, type Config } from './config.ts'
 import { BadRequestError } from './errors.ts'
 import { hostCheck } from './admin/hosts.ts'
 import { Metrics } from './metrics.ts'
+import { redactUrl } from './redact.ts'
 import { routerFor } from './routing/configured.ts'
 import { UserKeyReader } from './routing/user-key.ts'
 import { RolloutKeys } from './rollout/keys.ts'
@@ -40,6 +41,8 @@ import type { GuardContext } from './guards/events.ts'
 import { dryRunTrip, tripRollout } from './guards/trip.ts'
 import { localRaiseGate } from './health/gate.ts'
 import { PoolHealth } from './health/pool-health.ts'
+import type { MemberChange } from './health/member.ts'
+import type { Version } from './routing/decide.ts'
 import { readTls, reload, reloadRoute, type ReloadResult } from './reload.ts'
 import { requireToken } from './admin/auth.ts'
 import { Heartbeat } from './fleet/heartbeat.ts'
@@ -141,13 +144,15 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     }
   })
   const pools = createPools(config, { now, onChange: poolHealth.onChange })
-  const heartbeat = new Heartbeat({ instanceId, redis, control, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log, failures: metrics.backgroundErrors.labels('heartbeat'), migratedHealthy: () => poolHealth.migratedHealthy() })
+  const heartbeat = new Heartbeat({ instanceId, redis, control, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log, failures: metrics.backgroundErrors.labels('heartbeat'), migratedHealthy: () => poolHealth.migratedHealthy(), pools: () => poolHealth.summary() })
   const scheduleRunner = new ScheduleRunner({ instanceId, store, schedules, control, redis, ...runnerTimings(config.redis.pollIntervalMs), now, log, failures: metrics.backgroundErrors.labels('schedule') })
   listeners.on(sync, 'change', () => { scheduleRunner.checkNow() }) // a trip aborts the schedule at once
   listeners.on(sync, 'eventReceived', () => { scheduleRunner.checkNow() }) // a schedule started or changed is taken up at once
-  // The fleet sees a change of the migrated pool's health at once (the dbshift command's raise gate reads it).
-  listeners.on(poolHealth, 'change', (version) => {
-    if (version === 'migrated') heartbeat.beat().catch((err: unknown) => { log.debug({ err }, 'heartbeat after a change of pool health failed; the next one follows') })
+  // The fleet sees a change of a pool's health at once (the dbshift command's raise gate reads the migrated pool's),
+  // and notify hears of it, once per change, in the background.
+  listeners.on(poolHealth, 'change', (version: Version, change: MemberChange) => {
+    heartbeat.beat().catch((err: unknown) => { log.debug({ err }, 'heartbeat after a change of pool health failed; the next one follows') })
+    notifier.member({ version, member: redactUrl(change.member.name), healthy: change.serving, why: change.why, at: now() })
   })
   const stopHandAudit = auditHandChanges({ sync, store, control, instanceId, log })
   const stopDryRunHold = restartBakeOnDryRun(guards.events, control, instanceId, log)

@@ -260,7 +260,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     try { checkHost(request.headers.host) } catch (err) { return await reply.code(403).send({ error: (err as { code: string }).code, message: (err as Error).message }) }
   })
   await admin.register(consoleRoutes, { config, metrics, traffic, guards, sync, redis, keys, now }) // first: its read check covers every route
-  const adminOptions: AdminOptions = { config, instanceId, sync, store, control, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, poolHealth, now }
+  const adminOptions: AdminOptions = { config, instanceId, sync, store, control, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, poolHealth, routes, now }
   const reloadConfig = async (): Promise<ReloadResult> => await reload({
     config, pools, poolHealth, routes, store, refresh: async () => { await sync.refresh() }, setReadYourWrites, onPools: guards.reloadPools, metrics, log, now, setSecureContext: (context) => { (proxy.server as unknown as TlsServer).setSecureContext(context) }
   }, deps.loadConfig ?? (() => loadConfig()))

@@ -44,6 +44,8 @@ test('a reload under traffic that adds a legacy route moves that path to legacy:
   assert.ok((await metricValue(proxy.adminUrl, 'dbshift_route_requests_total{route="reports",version="legacy",class="read"}') ?? 0) >= 30, 'the new route has its series')
   const status = await (await fetch(`${proxy.adminUrl}/status`)).json() as { routes: Array<{ name: string, mode: string }> }
   assert.deepEqual(status.routes.map((route) => [route.name, route.mode]), [['reports', 'legacy']])
+  const which = await (await fetch(`${proxy.adminUrl}/which/lee`)).json() as { routes: Array<{ route: string, reads: { version: string } }> }
+  assert.deepEqual(which.routes.map((route) => [route.route, route.reads.version]), [['default', 'migrated'], ['reports', 'legacy']], '/which explains the reloaded routes')
 
   // A route added by a reload splits by a dial of its own (writes held on legacy, reads of reports too).
   proxy.write(base(redis.url, legacy.url, migrated.url, { routes: [{ name: 'reports', path: '/reports/**', mode: 'split' }] }))

@@ -81,6 +81,8 @@ test('each change of a member\'s state is sent to notify once, without holding a
   assert.match(status.stdout, new RegExp(`members\\s+${proxy.app.instanceId}: migrated ${migrated.url} takes no new requests`))
   const json = JSON.parse((await dbshift({ REDIS_URL: redis.url, DBSHIFT_CONFIG: 'test/fixtures/empty.yaml' }, 'status', '--json')).stdout) as { fleet: { instances: Array<{ pools: unknown }> } }
   assert.deepEqual(json.fleet.instances[0]?.pools, { legacy: { members: 1, healthy: 1, down: [] }, migrated: { members: 1, healthy: 0, down: [migrated.url] } })
+  const fleet = await (await fetch(`${proxy.adminUrl}/fleet`)).json() as { instances: Array<{ pools: unknown }> }
+  assert.deepEqual(fleet.instances[0]?.pools, json.fleet.instances[0]?.pools, 'GET /fleet carries the same')
 
   state.dead = false
   const back = nextNotification()

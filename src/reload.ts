@@ -41,7 +41,7 @@ export interface ReloadParts {
   config: Config
   pools: Pools
   poolHealth: PoolHealth
-  /** The route table the forwarder and the WebSocket handshake match requests against; replaced in place. */
+  /** The one route table requests are matched against (the forwarder, the admin `/which`); replaced in place. */
   routes: RouteTable
   /** Reads each route's dial: told the new route names. */
   store: RolloutStore

@@ -97,7 +97,7 @@ interface CompiledTable {
 /**
  * The `routes` list, compiled once: the first route whose methods and glob match a request is its route, and
  * a request that matches none is on DEFAULT_ROUTE. Matching allocates nothing. A reload replaces the list in
- * place (one assignment), so every holder of the table (the forwarder, the WebSocket handshake) follows it.
+ * place (one assignment), so every holder of the table (the forwarder, the admin `/which`) follows it.
  */
 export class RouteTable {
   #table: CompiledTable

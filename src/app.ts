@@ -262,7 +262,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   await admin.register(consoleRoutes, { config, metrics, traffic, guards, sync, redis, keys, now }) // first: its read check covers every route
   const adminOptions: AdminOptions = { config, instanceId, sync, store, control, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, poolHealth, routes, now }
   const reloadConfig = async (): Promise<ReloadResult> => await reload({
-    config, pools, poolHealth, routes, store, refresh: async () => { await sync.refresh() }, setReadYourWrites, onPools: guards.reloadPools, metrics, log, now, setSecureContext: (context) => { (proxy.server as unknown as TlsServer).setSecureContext(context) }
+    config, pools, poolHealth, routes, store, headers, refresh: async () => { await sync.refresh() }, setReadYourWrites, onPools: guards.reloadPools, metrics, log, now, setSecureContext: (context) => { (proxy.server as unknown as TlsServer).setSecureContext(context) }
   }, deps.loadConfig ?? (() => loadConfig()))
   // One scope, so that POST /reload answers errors in the same shape as every admin route.
   await admin.register(async (scope) => {

@@ -28,7 +28,8 @@ export const LIVE_GUARD_KEYS = {
  * classes), the read-your-writes window, live guard keys, the log level, TLS files.
  */
 function isLive (key: string): boolean {
-  if (key.startsWith('pools.') || key.startsWith('upstream.')) return true
+  // upstream.queueTimeoutMs sets how often the forwarder sweeps its waiting requests: it needs a restart.
+  if (key.startsWith('pools.') || (key.startsWith('upstream.') && key !== 'upstream.queueTimeoutMs')) return true
   if (key === 'routes' || key === 'rollout.readYourWritesMs') return true
   if (key === 'log.level' || key === 'tls.cert' || key === 'tls.key') return true
   const [section, level, name] = key.split('.')
@@ -49,6 +50,8 @@ export interface ReloadParts {
   refresh: () => Promise<void>
   /** Sets the read-your-writes window (0: off) where the forwarder reads it. */
   setReadYourWrites: (windowMs: number) => void
+  /** How request headers are rewritten (the forwarder and the WebSocket handshake read it per request). */
+  headers?: { preserveHost: boolean }
   /** The pools changed: the parts that keep pools of their own (the L3 shadow requests) follow. */
   onPools?: (config: Config) => void
   metrics: Metrics
@@ -101,6 +104,7 @@ export async function reload (parts: ReloadParts, load: () => Config): Promise<R
     parts.poolHealth.attach(parts.pools, old)
     config.pools = next.pools
     config.upstream = next.upstream
+    if (parts.headers !== undefined) parts.headers.preserveHost = next.upstream.preserveHost
     // Requests in flight hold the old pool; each old dispatcher closes once its last answer is done.
     closePools(old).catch((err: unknown) => { log.warn({ err }, 'closing the pools a reload replaced failed') })
     parts.onPools?.(config)

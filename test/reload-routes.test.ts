@@ -55,6 +55,13 @@ test('a reload under traffic that adds a legacy route moves that path to legacy:
   await untilRollout(proxy.app, (snapshot) => snapshot.routePercent.get('reports') === 0)
   assert.equal((await getAs(proxy.url, 'lee', '/reports/daily')).body.servedBy, 'legacy', 'its dial (0%) is read')
   assert.equal((await getAs(proxy.url, 'lee', '/orders/7')).body.servedBy, 'migrated')
+
+  // A bad route is refused whole, by its key: the routes in force stay.
+  proxy.write(base(redis.url, legacy.url, migrated.url, { routes: [{ name: 'reports', path: '/reports/**', mode: 'legacy' }, { name: 'bad', path: 'orders/*', mode: 'legacy' }] }))
+  const refused = await proxy.app.reload()
+  assert.match(refused.ok ? '' : refused.error, /routes\.1\.path = "orders\/\*": must start with "\/"/)
+  assert.equal((await getAs(proxy.url, 'lee', '/reports/daily')).body.servedBy, 'legacy', 'the split route and its dial still hold')
+  assert.equal((await getAs(proxy.url, 'lee', '/orders/7')).body.servedBy, 'migrated')
 })
 
 test('a reload turns read-your-writes on and changes its window; the names that cannot change are still refused', async (t) => {

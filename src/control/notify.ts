@@ -75,15 +75,7 @@ export class Notifier {
     const level = event.level === undefined ? '' : ` (${event.level})`
     const text = `dbshift ${rollout}: ${WHAT[event.action]}${level}${event.reason === '' ? '' : ` — ${event.reason}`}; by ${event.actor.by} (${event.actor.source})${event.pending === true ? '; not yet written to Redis' : ''}`
     const payload = { text, event: event.action, rollout, level: event.level ?? null, reason: event.reason, by: event.actor.by, source: event.actor.source, at, ...(event.fence === undefined ? {} : { fence: event.fence }) }
-    const sent = postWebhook(url, payload, `${rollout}:${event.action}:${event.at}:${event.actor.by}`, {
-      timeoutMs: this.#o.timeoutMs,
-      retries: this.#o.retries,
-      log: this.#o.log,
-      what: 'notification'
-    }).then((result) => {
-      if (!result.ok) this.#o.failures?.inc()
-    }).finally(() => this.#pending.delete(sent))
-    this.#pending.add(sent)
+    this.#post(url, payload, `${rollout}:${event.action}:${event.at}:${event.actor.by}`)
   }
 
   /**
@@ -98,7 +90,12 @@ export class Notifier {
     const text = `dbshift ${rollout}: ${change.version} pool member ${change.member} ${change.healthy ? 'takes requests again' : 'takes no new requests'}: ${change.why}`
     const at = new Date(change.at).toISOString()
     const payload = { text, event, rollout, version: change.version, member: change.member, healthy: change.healthy, why: change.why, at }
-    const sent = postWebhook(url, payload, `${rollout}:${event}:${change.version}:${change.member}:${change.at}`, {
+    this.#post(url, payload, `${rollout}:${event}:${change.version}:${change.member}:${change.at}`)
+  }
+
+  /** Posts in the background, with the retries and timeout of every notification; a failure is counted. */
+  #post (url: string, payload: Record<string, unknown>, idempotencyKey: string): void {
+    const sent = postWebhook(url, payload, idempotencyKey, {
       timeoutMs: this.#o.timeoutMs,
       retries: this.#o.retries,
       log: this.#o.log,

@@ -10,6 +10,7 @@ import { loadConfig, parseHostPort, type Config } from './config.ts'
 import { BadRequestError } from './errors.ts'
 import { hostCheck } from './admin/hosts.ts'
 import { Metrics } from './metrics.ts'
+import { redactUrl } from './redact.ts'
 import { routerFor } from './routing/configured.ts'
 import { UserKeyReader } from './routing/user-key.ts'
 import { RolloutKeys } from './rollout/keys.ts'
@@ -21,7 +22,7 @@ import type { RolloutSnapshot } from './rollout/snapshot.ts'
 import { ReverseLag } from './rollout/way-back.ts'
 import { TrafficWindow } from './traffic/window.ts'
 import { createPools, closePools, type Pools } from './proxy/pools.ts'
-import { createForwarder, sendError } from './proxy/forward.ts'
+import { createForwarder, sendError, type ForwarderDeps } from './proxy/forward.ts'
 import type { AdminOptions } from './admin/options.ts'
 import { OpenConnections } from './proxy/connections.ts'
 import { StreamTracker } from './proxy/streams.ts'
@@ -41,6 +42,8 @@ import type { GuardContext } from './guards/events.ts'
 import { dryRunTrip, tripRollout } from './guards/trip.ts'
 import { localRaiseGate } from './health/gate.ts'
 import { PoolHealth } from './health/pool-health.ts'
+import type { MemberChange } from './health/member.ts'
+import type { Version } from './routing/decide.ts'
 import { readTls, reload, reloadRoute, type ReloadResult } from './reload.ts'
 import { requireToken } from './admin/auth.ts'
 import { Heartbeat } from './fleet/heartbeat.ts'
@@ -144,13 +147,15 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     }
   })
   const pools = createPools(config, { now, onChange: poolHealth.onChange })
-  const heartbeat = new Heartbeat({ instanceId, redis, control, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log, failures: metrics.backgroundErrors.labels('heartbeat'), migratedHealthy: () => poolHealth.migratedHealthy() })
+  const heartbeat = new Heartbeat({ instanceId, redis, control, sync, traffic, intervalMs: config.redis.heartbeatIntervalMs, now, log, failures: metrics.backgroundErrors.labels('heartbeat'), migratedHealthy: () => poolHealth.migratedHealthy(), pools: () => poolHealth.summary() })
   const scheduleRunner = new ScheduleRunner({ instanceId, store, schedules, control, redis, ...runnerTimings(config.redis.pollIntervalMs), now, log, failures: metrics.backgroundErrors.labels('schedule') })
   listeners.on(sync, 'change', () => { scheduleRunner.checkNow() }) // a trip aborts the schedule at once
   listeners.on(sync, 'eventReceived', () => { scheduleRunner.checkNow() }) // a schedule started or changed is taken up at once
-  // The fleet sees a change of the migrated pool's health at once (the dbshift command's raise gate reads it).
-  listeners.on(poolHealth, 'change', (version) => {
-    if (version === 'migrated') heartbeat.beat().catch((err: unknown) => { log.debug({ err }, 'heartbeat after a change of pool health failed; the next one follows') })
+  // The fleet sees a change of a pool's health at once (the dbshift command's raise gate reads the migrated pool's),
+  // and notify hears of it, once per change, in the background.
+  listeners.on(poolHealth, 'change', (version: Version, change: MemberChange) => {
+    heartbeat.beat().catch((err: unknown) => { log.debug({ err }, 'heartbeat after a change of pool health failed; the next one follows') })
+    notifier.member({ version, member: redactUrl(change.member.name), healthy: change.serving, why: change.why, at: now() })
   })
   const stopHandAudit = auditHandChanges({ sync, store, control, instanceId, log })
   const stopDryRunHold = restartBakeOnDryRun(guards.events, control, instanceId, log)
@@ -159,7 +164,12 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const connections = new OpenConnections({ router, rollout: () => sync.current, metrics, log, spreadMs: config.server.reconnectSpreadMs })
   listeners.on(sync, 'change', (next: RolloutSnapshot) => { connections.reconsider(next) })
   const streams = new StreamTracker(connections, keyReader, guards.hooks.tap)
-  const forward = createForwarder({
+  // One route table, replaced in place by a reload; the forwarder reads its deps per request (a reload sets readYourWrites).
+  const routes = new RouteTable(config.routes)
+  const readYourWrites = (windowMs: number): ReadYourWrites | undefined => windowMs === 0
+    ? undefined
+    : new ReadYourWrites({ windowMs, secret: config.rollout.cookieSecret, rollout: config.rollout.name, secure: config.tls !== undefined })
+  const forwardDeps: ForwarderDeps = {
     router,
     keyReader,
     rollout: () => sync.current,
@@ -177,12 +187,15 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     writeTimeoutMs: config.server.writeTimeoutMs,
     hooks: { ...guards.hooks, tap: streams.tap },
     draining: () => draining,
-    routes: new RouteTable(config.routes),
-    readYourWrites: config.rollout.readYourWritesMs === 0
-      ? undefined
-      : new ReadYourWrites({ windowMs: config.rollout.readYourWritesMs, secret: config.rollout.cookieSecret, rollout: config.rollout.name, secure: config.tls !== undefined }),
+    routes,
+    readYourWrites: readYourWrites(config.rollout.readYourWritesMs),
     now
-  })
+  }
+  const forward = createForwarder(forwardDeps)
+  const setReadYourWrites = (windowMs: number): void => {
+    if (windowMs !== 0 && forwardDeps.readYourWrites !== undefined) forwardDeps.readYourWrites.windowMs = windowMs // the marks made stay
+    else forwardDeps.readYourWrites = readYourWrites(windowMs)
+  }
 
   const proxy = Fastify({
     loggerInstance: log as FastifyBaseLogger,
@@ -250,9 +263,9 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     try { checkHost(request.headers.host) } catch (err) { return await reply.code(403).send({ error: (err as { code: string }).code, message: (err as Error).message }) }
   })
   await admin.register(consoleRoutes, { config, metrics, traffic, guards, sync, redis, keys, now }) // first: its read check covers every route
-  const adminOptions: AdminOptions = { config, instanceId, sync, store, control, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, poolHealth, now }
+  const adminOptions: AdminOptions = { config, instanceId, sync, store, control, metrics, registry, traffic, router, redis, guards, schedules, heartbeat, poolHealth, routes, now }
   const reloadConfig = async (): Promise<ReloadResult> => await reload({
-    config, pools, poolHealth, metrics, log, now, setSecureContext: (context) => { (proxy.server as unknown as TlsServer).setSecureContext(context) }
+    config, pools, poolHealth, routes, store, headers, refresh: async () => { await sync.refresh() }, setReadYourWrites, onPools: guards.reloadPools, metrics, log, now, setSecureContext: (context) => { (proxy.server as unknown as TlsServer).setSecureContext(context) }
   }, deps.loadConfig ?? (() => loadConfig()))
   // One scope, so that POST /reload answers errors in the same shape as every admin route.
   await admin.register(async (scope) => {

@@ -181,6 +181,7 @@ function adminRequest (req: IncomingMessage, res: ServerResponse, slots: WorkerS
   const declared = Number(req.headers['content-length'] ?? 0)
   if (declared > ADMIN_BODY_LIMIT) return refuse(req, res, bodyTooLarge())
   const isRollback = req.method === 'POST' && req.url?.split('?')[0] === '/rollback'
+  const isReload = req.method === 'POST' && req.url?.split('?')[0] === '/reload'
   const chunks: Buffer[] = []
   let size = 0
   let refused = false
@@ -199,6 +200,8 @@ function adminRequest (req: IncomingMessage, res: ServerResponse, slots: WorkerS
     const body = Buffer.concat(chunks)
     const caller = req.socket.remoteAddress ?? ''
     const answer = (async () => {
+      // A reload applies to the worker that gets it only: every worker is told, and the answer says how each took it.
+      if (isReload) return await reloadAll(req, body, caller, live)
       const [first, ...others] = live as [WorkerSlot, ...WorkerSlot[]]
       const reply = await relay(req, body, caller, first.adminPort)
       // A rollback that reached Redis reaches the other workers through it within milliseconds; one that did not
@@ -218,6 +221,32 @@ function adminRequest (req: IncomingMessage, res: ServerResponse, slots: WorkerS
 }
 
 type RelayError = Error & { code: string, statusCode?: number }
+
+/**
+ * `POST /reload` through the primary: relayed to every worker at once (each re-reads the file and the environment,
+ * as on SIGHUP). 200 when every worker applied it; otherwise the status and error of the first worker that did not,
+ * with `workers` listing each worker's own answer (`worker` is its pid).
+ */
+async function reloadAll (req: IncomingMessage, body: Buffer, caller: string, live: WorkerSlot[]): Promise<{ status: number, headers: IncomingMessage['headers'], body: Buffer }> {
+  const workers = await Promise.all(live.map(async (slot) => {
+    const worker = slot.worker?.process.pid ?? null
+    try {
+      const reply = await relay(req, body, caller, slot.adminPort)
+      let answer: Record<string, unknown>
+      try { answer = JSON.parse(reply.body.toString()) as Record<string, unknown> } catch { answer = { error: 'DBSHIFT_ERR_WORKERS_UNAVAILABLE', message: reply.body.toString() } }
+      return { worker, status: reply.status, ...answer }
+    } catch (err) {
+      const error = new WorkersUnavailableError((err as Error).message)
+      return { worker, status: error.statusCode, error: error.code, message: error.message }
+    }
+  }))
+  const failed = workers.find((answer) => answer.status !== 200)
+  const result = failed === undefined
+    ? { reloaded: true, changed: (workers[0] as { changed?: unknown } | undefined)?.changed ?? [], workers }
+    : { error: failed.error, message: failed.message, workers }
+  const text = JSON.stringify(result)
+  return { status: failed?.status ?? 200, headers: { 'content-type': 'application/json; charset=utf-8', 'content-length': String(Buffer.byteLength(text)) }, body: Buffer.from(text) }
+}
 
 /** The answer a worker's admin port gives to a body over the limit (413, in the admin API's error shape). */
 function bodyTooLarge (): RelayError {

@@ -46,8 +46,7 @@ const Pool = Type.Object({
     ejectMs: Millis(30_000, 100),
     maxEjectedPercent: Type.Integer({ minimum: 0, maximum: 100, default: 10 })
   }, { additionalProperties: false, default: {} }),
-  // Retries stay global: the forwarder applies one retry rule to both pools.
-  upstream: Type.Optional(Type.Partial(Type.Omit(Type.Object(upstreamFields(false)), ['retries', 'queueTimeoutMs']), { additionalProperties: false }))
+  upstream: Type.Optional(Type.Partial(Type.Omit(Type.Object(upstreamFields(false)), ['queueTimeoutMs']), { additionalProperties: false }))
 }, { additionalProperties: false, description: 'must be a list of base URLs or { members, healthCheck, outlier, upstream }' })
 
 const Guard = <T extends Record<string, ReturnType<typeof Type.Integer> | ReturnType<typeof Type.Number> | ReturnType<typeof Type.Boolean>>>(fields: T) =>

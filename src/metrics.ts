@@ -97,9 +97,9 @@ export class Metrics {
    */
   readonly #pending: Record<Version, PendingRequests> = { legacy: new PendingRequests(), migrated: new PendingRequests() }
   /** The `route` label of each route index + 1 (index 0 is the default route): only names from the config. */
-  readonly #routeNames: readonly string[]
+  #routeNames: readonly string[]
   /** Requests per (route, version, class) not yet handed to prom-client; see #routeSlot. */
-  readonly #pendingRoutes: Float64Array
+  #pendingRoutes: Float64Array
   /** The children of dbshift_refused_total, looked up once: shedding under load costs no label lookup. */
   readonly #refusedBy = {} as Record<RefusedReason, { inc: () => void }>
 
@@ -210,6 +210,17 @@ export class Metrics {
   recordRoute (route: number, version: Version, cls: RequestClass): void {
     const slot = routeSlot(route, version, cls)
     if (slot >= 0 && slot < this.#pendingRoutes.length) this.#pendingRoutes[slot]++
+  }
+
+  /**
+   * A reload changed `routes`: what was counted is handed over under the old names, then the indexes name the new
+   * routes. A new route's series start at 0; a removed route's series stay with their last counts.
+   */
+  setRoutes (routes: readonly string[]): void {
+    this.#flushRoutes()
+    this.#routeNames = [DEFAULT_ROUTE_NAME, ...routes]
+    this.#pendingRoutes = new Float64Array(this.#routeNames.length * VERSIONS.length * REQUEST_CLASSES.length)
+    for (const route of this.#routeNames) for (const version of VERSIONS) for (const cls of REQUEST_CLASSES) this.routeRequests.labels(route, version, cls).inc(0)
   }
 
   #flushRoutes (): void {

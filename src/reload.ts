@@ -6,6 +6,8 @@ import { ConfigError } from './errors.ts'
 import type { Metrics } from './metrics.ts'
 import { createPools, closePools, type Pools } from './proxy/pools.ts'
 import type { PoolHealth } from './health/pool-health.ts'
+import type { RolloutStore } from './rollout/store.ts'
+import { RouteTable } from './routing/routes.ts'
 import { VERSIONS } from './routing/decide.ts'
 
 /** Keys that cannot change while running (SPEC "Pool health and live configuration"): refused by name. */
@@ -21,9 +23,14 @@ export const LIVE_GUARD_KEYS = {
   l3: ['sampleRate', 'mismatchRate', 'minComparisons', 'webhookUrl', 'webhookTimeoutMs', 'webhookRetries', 'dryRun']
 } as const
 
-/** Whether a changed key is applied by a reload: the pools, the upstream settings, live guard keys, the log level, TLS files. */
+/**
+ * Whether a changed key is applied by a reload: the pools, the upstream settings, the routes (with their modes and
+ * classes), the read-your-writes window, live guard keys, the log level, TLS files.
+ */
 function isLive (key: string): boolean {
-  if (key.startsWith('pools.') || (key.startsWith('upstream.') && key !== 'upstream.retries')) return true
+  // upstream.queueTimeoutMs sets how often the forwarder sweeps its waiting requests: it needs a restart.
+  if (key.startsWith('pools.') || (key.startsWith('upstream.') && key !== 'upstream.queueTimeoutMs')) return true
+  if (key === 'routes' || key === 'rollout.readYourWritesMs') return true
   if (key === 'log.level' || key === 'tls.cert' || key === 'tls.key') return true
   const [section, level, name] = key.split('.')
   if (section !== 'guards' || name === undefined || !(level in LIVE_GUARD_KEYS)) return false
@@ -35,6 +42,18 @@ export interface ReloadParts {
   config: Config
   pools: Pools
   poolHealth: PoolHealth
+  /** The one route table requests are matched against (the forwarder, the admin `/which`); replaced in place. */
+  routes: RouteTable
+  /** Reads each route's dial: told the new route names. */
+  store: RolloutStore
+  /** Re-reads the rollout (the dials of new routes) in the background. */
+  refresh: () => Promise<void>
+  /** Sets the read-your-writes window (0: off) where the forwarder reads it. */
+  setReadYourWrites: (windowMs: number) => void
+  /** How request headers are rewritten (the forwarder and the WebSocket handshake read it per request). */
+  headers?: { preserveHost: boolean }
+  /** The pools changed: the parts that keep pools of their own (the L3 shadow requests) follow. */
+  onPools?: (config: Config) => void
   metrics: Metrics
   log: Logger
   now: () => number
@@ -56,6 +75,7 @@ export async function reload (parts: ReloadParts, load: () => Config): Promise<R
   let next: Config
   let changed: string[]
   let tls: { cert: Buffer, key: Buffer } | undefined
+  let routes: RouteTable | undefined
   try {
     next = load()
     changed = changedKeys(config, next)
@@ -65,6 +85,7 @@ export async function reload (parts: ReloadParts, load: () => Config): Promise<R
     const restart = changed.filter((key) => !isLive(key))
     if (restart.length > 0) throw new ConfigError(`${restart.join(', ')}: a reload does not apply ${restart.length === 1 ? 'this key' : 'these keys'}; restart to change ${restart.length === 1 ? 'it' : 'them'}`)
     if (next.tls !== undefined && changed.some((key) => key.startsWith('tls.'))) tls = readTls(next.tls)
+    if (changed.includes('routes')) routes = new RouteTable(next.routes) // compiled before anything is swapped
   } catch (err) {
     const message = (err as Error).message
     metrics.configReloadFailures.inc()
@@ -83,8 +104,22 @@ export async function reload (parts: ReloadParts, load: () => Config): Promise<R
     parts.poolHealth.attach(parts.pools, old)
     config.pools = next.pools
     config.upstream = next.upstream
+    if (parts.headers !== undefined) parts.headers.preserveHost = next.upstream.preserveHost
     // Requests in flight hold the old pool; each old dispatcher closes once its last answer is done.
     closePools(old).catch((err: unknown) => { log.warn({ err }, 'closing the pools a reload replaced failed') })
+    parts.onPools?.(config)
+  }
+  if (routes !== undefined) {
+    // In one synchronous step, between two requests: the table, the metric's route names, the dials read.
+    parts.routes.replace(routes)
+    metrics.setRoutes(next.routes.map((route) => route.name))
+    parts.store.setRoutes(next.routes.map((route) => route.name))
+    config.routes = next.routes
+    parts.refresh().catch((err: unknown) => { log.warn({ err }, 'reading the dials of the reloaded routes failed; the next poll reads them') })
+  }
+  if (next.rollout.readYourWritesMs !== config.rollout.readYourWritesMs) {
+    parts.setReadYourWrites(next.rollout.readYourWritesMs)
+    config.rollout.readYourWritesMs = next.rollout.readYourWritesMs
   }
   for (const level of ['l1', 'l2', 'l3'] as const) {
     const rules = config.guards[level] as Record<string, unknown>

@@ -106,3 +106,26 @@ test('a ramp step waits while the migrated pool has no healthy member, and is ta
   await proxy.app.scheduleRunner.tick()
   assert.equal(await redis.client.get('dbshift:{default}:percent'), '5')
 })
+
+test('a ramp step that waits is logged once per reason, not at every check', async (t) => {
+  const redis = await startRedis(t)
+  const state = { dead: true }
+  const legacy = await startUpstream(t, 'legacy')
+  const migrated = await startUpstream(t, 'migrated', app('migrated', () => state.dead))
+  const proxy = await startProxy(t, poolConfig(redis.url, { legacy: [legacy.url], migrated: { members: [migrated.url], healthCheck: checks } }))
+  await nextMemberChange(proxy.app, (version, change) => version === 'migrated' && !change.serving)
+
+  const steps = parseSteps(['5', '10'], '30m')
+  if (typeof steps === 'string') throw new Error(steps)
+  assert.equal((await proxy.app.control.startRamp(steps, { by: 'alice', source: 'cli' })).status, 'ok')
+  for (let i = 0; i < 5; i++) await proxy.app.scheduleRunner.tick()
+  const deferred = (): Array<Record<string, unknown>> => proxy.logs.filter((line) => line.msg === 'ramp schedule step deferred')
+  assert.equal(await redis.client.get('dbshift:{default}:percent'), null, 'the step waits')
+  assert.deepEqual(deferred().map((line) => [line.result, line.action]), [['unhealthy', 'schedule_step']], 'one line while it waits for the same reason')
+
+  state.dead = false
+  await nextMemberChange(proxy.app, (version, change) => version === 'migrated' && change.serving)
+  await proxy.app.scheduleRunner.tick()
+  assert.equal(await redis.client.get('dbshift:{default}:percent'), '5')
+  assert.equal(deferred().length, 1)
+})

@@ -33,8 +33,8 @@ export async function nextMemberChange (app: App, predicate: (version: Version, 
   })
 }
 
-/** Sends GETs as `user` one after another until `stop()`; every answer's status and server are kept. */
-export function steadyTraffic (url: string, user: string, t: Pick<TestContext, 'after'>): { answers: Array<{ status: number, servedBy: unknown }>, stop: () => Promise<void>, until: (count: number) => Promise<void> } {
+/** Sends GETs of `path` as `user` one after another until `stop()`; every answer's status and server are kept. */
+export function steadyTraffic (url: string, user: string, t: Pick<TestContext, 'after'>, path = '/'): { answers: Array<{ status: number, servedBy: unknown }>, stop: () => Promise<void>, until: (count: number) => Promise<void> } {
   const answers: Array<{ status: number, servedBy: unknown }> = []
   const waiting: Array<{ count: number, resolve: () => void }> = []
   const push = (answer: { status: number, servedBy: unknown }): void => {
@@ -45,7 +45,7 @@ export function steadyTraffic (url: string, user: string, t: Pick<TestContext, '
   const loop = (async () => {
     while (state.running) {
       try {
-        const res = await fetch(`${url}/`, { headers: { 'x-user-id': user } })
+        const res = await fetch(url + path, { headers: { 'x-user-id': user } })
         const text = await res.text()
         let servedBy: unknown
         try { servedBy = (JSON.parse(text) as { servedBy?: unknown }).servedBy } catch { servedBy = text }

@@ -2,8 +2,9 @@ import assert from 'node:assert/strict'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { test } from 'node:test'
 import { resolveConfig } from '../src/config.ts'
-import { getAs, startProxy, startRedis, startUpstream, untilRollout } from './helpers.ts'
-import { poolConfig } from './health-helpers.ts'
+import { writeFileSync } from 'node:fs'
+import { captureLogs, freePort, getAs, startProxy, startRedis, startUpstream, untilRollout } from './helpers.ts'
+import { configFile, poolConfig, startReloadable } from './health-helpers.ts'
 
 test('a pool\'s own headersTimeoutMs answers 504 for that pool while the other pool, on the global timeout, still waits', async (t) => {
   const redis = await startRedis(t)
@@ -73,4 +74,40 @@ test('a bad key inside a pool object is named with its path, value and rule', ()
   const config = resolveConfig({ pools: { ...base, migrated: { members: ['http://10.0.0.2:80'], healthCheck: { path: '/health' } } } })
   assert.deepEqual(config.pools.migrated.healthCheck, { path: '/health', intervalMs: 2000, timeoutMs: 1000, unhealthyAfter: 3, healthyAfter: 2 })
   assert.deepEqual(config.pools.legacy, { members: ['http://10.0.0.1:80'], outlier: { consecutiveErrors: 5, ejectMs: 30000, maxEjectedPercent: 10 } })
+})
+
+test('each pool retries by its own upstream.retries; a reload changes the global one', async (t) => {
+  const redis = await startRedis(t)
+  const legacy = await startUpstream(t, 'legacy')
+  const migrated = await startUpstream(t, 'migrated')
+  const dead = `http://127.0.0.1:${await freePort()}` // refuses every connection: nothing reaches an upstream
+  const noEjection = { consecutiveErrors: 0 }
+  const file = (retries: number): Record<string, unknown> => ({
+    listen: '127.0.0.1:0',
+    adminListen: '127.0.0.1:0',
+    pools: {
+      legacy: { members: [dead, legacy.url], outlier: noEjection },
+      migrated: { members: [dead, migrated.url], outlier: noEjection, upstream: { retries: 2 } }
+    },
+    upstream: { retries },
+    redis: { url: redis.url, pollIntervalMs: 100, fullSyncIntervalMs: 500, commandTimeoutMs: 500 }
+  })
+  const { log } = captureLogs()
+  const { path } = configFile(t, file(0))
+  const proxy = await startReloadable(t, path, log)
+  await redis.client.sadd('dbshift:{default}:allow', 'mia')
+  await untilRollout(proxy.app, (s) => s.allow.has('mia'))
+
+  // Round-robin over two members: every other request meets the dead one.
+  const statuses = async (user: string): Promise<number[]> => {
+    const answers: number[] = []
+    for (let i = 0; i < 4; i++) answers.push((await getAs(proxy.url, user)).status)
+    return answers
+  }
+  assert.deepEqual(await statuses('mia'), [200, 200, 200, 200], 'migrated retries (its own upstream.retries: 2) on its live member')
+  assert.deepEqual((await statuses('lee')).sort(), [200, 200, 502, 502], 'legacy, on the global upstream.retries: 0, does not')
+
+  writeFileSync(path, JSON.stringify(file(1)))
+  assert.deepEqual(await proxy.app.reload(), { ok: true, changed: ['upstream.retries'] })
+  assert.deepEqual(await statuses('lee'), [200, 200, 200, 200], 'after the reload legacy retries too')
 })

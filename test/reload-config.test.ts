@@ -132,3 +132,22 @@ test('a migrated pool that is down stays down across a reload that keeps its mem
   const res = await fetch(`${proxy.adminUrl}/rollout`, { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: '{"percent":5}' })
   assert.equal(res.status, 409)
 })
+
+test('a reload of upstream.preserveHost applies to the next request; upstream.queueTimeoutMs needs a restart', async (t) => {
+  const redis = await startRedis(t)
+  const legacy = await startUpstream(t, 'legacy', (req, res) => { req.resume(); res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ servedBy: 'legacy', host: req.headers.host })) })
+  const migrated = await startUpstream(t, 'migrated')
+  const { log } = captureLogs()
+  const file = configFile(t, base(redis.url, [legacy.url], [migrated.url]))
+  const proxy = await startReloadable(t, file.path, log)
+  const proxyHost = new URL(proxy.url).host
+  assert.equal((await getAs(proxy.url, 'lee')).body.host, proxyHost, 'the client\'s Host by default')
+
+  proxy.write(base(redis.url, [legacy.url], [migrated.url], { upstream: { preserveHost: false } }))
+  assert.deepEqual(await proxy.app.reload(), { ok: true, changed: ['upstream.preserveHost'] })
+  assert.equal((await getAs(proxy.url, 'lee')).body.host, new URL(legacy.url).host, 'the member\'s own Host after the reload')
+
+  proxy.write(base(redis.url, [legacy.url], [migrated.url], { upstream: { preserveHost: false, queueTimeoutMs: 500 } }))
+  const refused = await proxy.app.reload()
+  assert.match(refused.ok ? '' : refused.error, /upstream\.queueTimeoutMs: a reload does not apply this key; restart/)
+})

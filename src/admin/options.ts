@@ -6,6 +6,7 @@ import type { Guards } from '../guards/index.ts'
 import type { PoolHealth } from '../health/pool-health.ts'
 import type { Metrics } from '../metrics.ts'
 import type { Router } from '../routing/decide.ts'
+import type { RouteTable } from '../routing/routes.ts'
 import type { RedisClient } from '../rollout/redis.ts'
 import type { RolloutStore } from '../rollout/store.ts'
 import type { RolloutSync } from '../rollout/sync.ts'
@@ -28,5 +29,7 @@ export interface AdminOptions {
   schedules?: ScheduleStore
   heartbeat?: Heartbeat
   poolHealth?: PoolHealth
+  /** The route table requests are matched against (a reload replaces its routes); built from config.routes when missing. */
+  routes?: RouteTable
   now: () => number
 }

@@ -23,7 +23,7 @@ const STATUS_WINDOW_MS = 60_000
 /** Health, metrics, status, `which`, and the authenticated changes (SPEC "Interfaces"). */
 export async function adminRoutes (app: FastifyInstance, options: AdminOptions): Promise<void> {
   const { config, sync, control, registry, traffic, router, redis } = options
-  const routeTable = new RouteTable(config.routes)
+  const routeTable = options.routes ?? new RouteTable(config.routes)
   const auth = requireToken(config.admin.token, config.admin.tokenName)
   const authenticate = auth.identity
   const change = { onRequest: auth.hook }

@@ -1,4 +1,6 @@
 import { readFleet, type FleetMember } from '../fleet/fleet.ts'
+import type { PoolSummary } from '../health/pool-health.ts'
+import { VERSIONS } from '../routing/decide.ts'
 import { describeProgress } from '../rollout/schedule.ts'
 import type { CliContext } from './context.ts'
 import { ago, entryJson, entryLine, table } from './format.ts'
@@ -62,12 +64,24 @@ export async function status (ctx: CliContext): Promise<void> {
 export function fleetText (fleet: FleetMember[], behind: number, now: number): string {
   if (fleet.length === 0) return 'fleet        no dbshift instance has reported (none running, or none can reach this Redis)'
   const head = `fleet        ${fleet.length} instance${fleet.length === 1 ? '' : 's'}, ${behind === 0 ? 'all on the shared state' : `${behind} behind`}`
-  const rows = [['', 'INSTANCE', 'PERCENT', 'STATE', 'HEARD', 'LEGACY rps', 'err', 'MIGRATED rps', 'err', '']]
+  const rows = [['', 'INSTANCE', 'PERCENT', 'STATE', 'HEARD', 'LEGACY rps', 'err', 'up', 'MIGRATED rps', 'err', 'up', '']]
+  const down: string[] = []
   for (const m of fleet) {
     rows.push([m.behind === null ? ' ' : '!', m.id, `${m.percent}%`, m.state, m.lastSyncAt === 0 ? 'never' : ago(m.lastSyncAt, now),
-      String(m.traffic.legacy.rps), pct(m.traffic.legacy.errorRate), String(m.traffic.migrated.rps), pct(m.traffic.migrated.errorRate), m.behind ?? ''])
+      String(m.traffic.legacy.rps), pct(m.traffic.legacy.errorRate), up(m.pools?.legacy), String(m.traffic.migrated.rps), pct(m.traffic.migrated.errorRate), up(m.pools?.migrated), m.behind ?? ''])
+    for (const version of VERSIONS) {
+      const pool = m.pools?.[version]
+      if (pool === undefined || pool.down.length === 0) continue
+      const more = pool.members - pool.healthy - pool.down.length
+      down.push(`members      ${m.id}: ${version} ${pool.down.join(', ')}${more > 0 ? ` and ${more} more` : ''} take${pool.members - pool.healthy === 1 ? 's' : ''} no new requests`)
+    }
   }
-  return `${head}\n${table(rows)}`
+  return [`${head}\n${table(rows)}`, ...down].join('\n')
+}
+
+/** A pool's members that take requests, of all (`2/3`), as an instance reports them; `—` from one that does not. */
+function up (pool: PoolSummary | undefined): string {
+  return pool === undefined ? '—' : `${pool.healthy}/${pool.members}`
 }
 
 function pct (ratio: number): string {

@@ -2,6 +2,17 @@ import type { Logger } from 'pino'
 import type { Actor } from './audit.ts'
 import { postWebhook } from './webhook.ts'
 
+/** A change of a pool member's state (health/pool-health.ts), as operators hear about it. */
+export interface MemberNotice {
+  version: string
+  /** The member as configured, without credentials. */
+  member: string
+  healthy: boolean
+  why: string
+  /** ms since the epoch. */
+  at: number
+}
+
 /** The actions operators hear about. */
 export type NotifyAction = 'trip' | 'rollback' | 'resume' | 'freeze' | 'unfreeze' | 'way_back' | 'fence' | 'fence_release' | 'fence_hold' | 'fence_timeout' | 'rollback_refused'
 
@@ -65,6 +76,29 @@ export class Notifier {
     const text = `dbshift ${rollout}: ${WHAT[event.action]}${level}${event.reason === '' ? '' : ` — ${event.reason}`}; by ${event.actor.by} (${event.actor.source})${event.pending === true ? '; not yet written to Redis' : ''}`
     const payload = { text, event: event.action, rollout, level: event.level ?? null, reason: event.reason, by: event.actor.by, source: event.actor.source, at, ...(event.fence === undefined ? {} : { fence: event.fence }) }
     const sent = postWebhook(url, payload, `${rollout}:${event.action}:${event.at}:${event.actor.by}`, {
+      timeoutMs: this.#o.timeoutMs,
+      retries: this.#o.retries,
+      log: this.#o.log,
+      what: 'notification'
+    }).then((result) => {
+      if (!result.ok) this.#o.failures?.inc()
+    }).finally(() => this.#pending.delete(sent))
+    this.#pending.add(sent)
+  }
+
+  /**
+   * A pool member started or stopped taking new requests (its health checks, its ejection): one notification per
+   * change of state, in the background, like every other.
+   */
+  member (change: MemberNotice): void {
+    const url = this.#o.webhookUrl
+    if (url === undefined) return
+    const { rollout } = this.#o
+    const event = change.healthy ? 'member_healthy' : 'member_unhealthy'
+    const text = `dbshift ${rollout}: ${change.version} pool member ${change.member} ${change.healthy ? 'takes requests again' : 'takes no new requests'}: ${change.why}`
+    const at = new Date(change.at).toISOString()
+    const payload = { text, event, rollout, version: change.version, member: change.member, healthy: change.healthy, why: change.why, at }
+    const sent = postWebhook(url, payload, `${rollout}:${event}:${change.version}:${change.member}:${change.at}`, {
       timeoutMs: this.#o.timeoutMs,
       retries: this.#o.retries,
       log: this.#o.log,

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino'
 import { every, Listeners, type Periodic } from '../background.ts'
 import type { RolloutControl } from '../control/commands.ts'
+import type { PoolSummary } from '../health/pool-health.ts'
 import { VERSIONS, type Version } from '../routing/decide.ts'
 import { isReady, type RedisClient } from '../rollout/redis.ts'
 import type { RolloutSync } from '../rollout/sync.ts'
@@ -18,6 +19,8 @@ export interface InstanceBeat {
   traffic: Record<Version, { rps: number, errorRate: number }>
   /** Whether a member of the migrated pool passes its health checks here (the gate of `dbshift set`). */
   migratedHealthy?: boolean
+  /** Each pool's members as this instance sees them: how many take requests, and which do not. */
+  pools?: Record<Version, PoolSummary>
   /** When the beat was written, and when it stops counting (ms, the instance's clock). */
   at: number
   expiresAt: number
@@ -41,6 +44,7 @@ export interface HeartbeatOptions {
   /** Counts failed beats. */
   failures?: { inc: () => void }
   migratedHealthy?: () => boolean
+  pools?: () => Record<Version, PoolSummary>
 }
 
 /**
@@ -85,7 +89,7 @@ export class Heartbeat {
       return [version, { rps: round(requests / (RATE_WINDOW_MS / 1000)), errorRate: requests === 0 ? 0 : round(errors / requests) }]
     })) as InstanceBeat['traffic']
     const snapshot = sync.current
-    return { id: instanceId, percent: snapshot.percent, state: snapshot.state, lastSyncAt: sync.lastSyncAt, rollbackPending: sync.rollbackPending, traffic: rates, migratedHealthy: this.#o.migratedHealthy?.(), at, expiresAt: at + intervalMs * 3 }
+    return { id: instanceId, percent: snapshot.percent, state: snapshot.state, lastSyncAt: sync.lastSyncAt, rollbackPending: sync.rollbackPending, traffic: rates, migratedHealthy: this.#o.migratedHealthy?.(), pools: this.#o.pools?.(), at, expiresAt: at + intervalMs * 3 }
   }
 
   async beat (): Promise<void> {

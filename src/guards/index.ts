@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events'
 import { every, type Periodic } from '../background.ts'
+import type { Config } from '../config.ts'
 import type { ForwardHooks } from '../proxy/forward.ts'
 import type { GuardContext, GuardEmitter, GuardEvents } from './events.ts'
 import { ErrorRateGuard } from './l1-error-rate.ts'
@@ -20,6 +21,8 @@ export interface Guards {
   events: GuardEmitter
   start: () => void
   close: () => Promise<void>
+  /** A reload changed the pools: the L3 shadow requests go to the new members. */
+  reloadPools: (config: Config) => void
 }
 
 /** The automatic rollback guards (L1 error rate, L2 database load, L3 data inconsistency). */
@@ -82,6 +85,7 @@ export function createGuards (ctx: GuardContext): Guards {
       wayBack.start()
       signals.start()
     },
+    reloadPools: (config) => { l3?.reloadPools(config) },
     close: async () => {
       await Promise.all([evaluation?.stop(), signals.close(), l2?.close(), wayBack.close()])
       await Promise.all([l1?.close(), l3?.close()])

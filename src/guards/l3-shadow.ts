@@ -2,6 +2,7 @@ import type { IncomingHttpHeaders, IncomingMessage } from 'node:http'
 import type { Dispatcher } from 'undici'
 import type { ShadowResult } from '../metrics.ts'
 import type { ResponseTap } from '../proxy/forward.ts'
+import type { Config } from '../config.ts'
 import { createPools, type Pools } from '../proxy/pools.ts'
 import { VERSIONS, type Decision, type Version } from '../routing/decide.ts'
 import type { RolloutSnapshot } from '../rollout/snapshot.ts'
@@ -31,7 +32,7 @@ export class ShadowGuard {
   readonly #rules: GuardContext['config']['guards']['l3']
   readonly #methods: Set<string>
   readonly #ignore: string[][]
-  readonly #pools: Pools
+  #pools: Pools
   /** Comparisons (requests) and mismatches (errors) over the window. */
   #window: TrafficWindow
   #inFlight = 0
@@ -48,9 +49,21 @@ export class ShadowGuard {
     this.#ignore = compileIgnore(this.#rules.ignorePaths)
     this.#window = this.#newWindow()
     // Connections of its own, so shadow traffic never queues behind (or ahead of) users' requests.
-    const config = ctx.config
-    this.#pools = createPools({ ...config, upstream: { ...config.upstream, connections: this.#rules.maxConcurrent, headersTimeoutMs: this.#rules.timeoutMs, bodyTimeoutMs: this.#rules.timeoutMs } })
+    this.#pools = this.#createPools(ctx.config)
     ctx.sync.on('change', this.#onChange)
+  }
+
+  #createPools (config: Config): Pools {
+    return createPools({ ...config, upstream: { ...config.upstream, connections: this.#rules.maxConcurrent, headersTimeoutMs: this.#rules.timeoutMs, bodyTimeoutMs: this.#rules.timeoutMs } })
+  }
+
+  /** A reload changed the pools: new shadow requests go to the new members; those under way finish on the old ones. */
+  reloadPools (config: Config): void {
+    const old = this.#pools
+    this.#pools = this.#createPools(config)
+    const closed = Promise.all(VERSIONS.map(async (version) => { await old[version].dispatcher.close() }))
+      .catch((err: unknown) => { this.#ctx.log.debug({ err }, 'closing the shadow pools a reload replaced failed') })
+    this.#track(closed)
   }
 
   async close (): Promise<void> {

@@ -184,14 +184,14 @@ export class Member {
       if (!this.#up && ++this.#passes >= rules.healthyAfter) {
         this.#up = true
         this.#passes = 0
-        this.#change(`${rules.healthyAfter} health checks in a row passed (${detail})`)
+        this.#change(`${rules.healthyAfter} health check${rules.healthyAfter === 1 ? '' : 's'} in a row passed (${detail})`)
       }
     } else {
       this.#passes = 0
       if (this.#up && ++this.#fails >= rules.unhealthyAfter) {
         this.#up = false
         this.#fails = 0
-        this.#change(`${rules.unhealthyAfter} health checks in a row failed (${detail})`)
+        this.#change(`${rules.unhealthyAfter} health check${rules.unhealthyAfter === 1 ? '' : 's'} in a row failed (${detail})`)
       }
     }
   }

@@ -3,9 +3,21 @@ import type { Logger } from 'pino'
 import type { Config } from '../config.ts'
 import type { Metrics } from '../metrics.ts'
 import type { Pools } from '../proxy/pools.ts'
+import { redactUrl } from '../redact.ts'
 import { VERSIONS, type Version } from '../routing/decide.ts'
 import type { RolloutSnapshot } from '../rollout/snapshot.ts'
 import type { MemberChange, MemberStatus } from './member.ts'
+
+/** A pool's health in the heartbeat, kept small: how many members take requests, and the names of those that do not. */
+export interface PoolSummary {
+  members: number
+  healthy: number
+  /** The members that take no new requests, as configured without credentials (at most MAX_DOWN_NAMES). */
+  down: string[]
+}
+
+/** The most member names a heartbeat carries per pool: a large pool's beat stays small. */
+export const MAX_DOWN_NAMES = 10
 
 export interface PoolHealthOptions {
   metrics: Metrics
@@ -76,6 +88,16 @@ export class PoolHealth extends EventEmitter<{ change: [version: Version, change
   /** Each member's state, by version. */
   status (): Record<Version, MemberStatus[]> {
     const of = (version: Version): MemberStatus[] => this.#pools?.[version].health.members.map((member) => member.status()) ?? []
+    return { legacy: of('legacy'), migrated: of('migrated') }
+  }
+
+  /** Each pool's health in brief, for the heartbeat (the fleet view, `dbshift status`). */
+  summary (): Record<Version, PoolSummary> {
+    const of = (version: Version): PoolSummary => {
+      const members = this.#pools?.[version].health.members ?? []
+      const down = members.filter((member) => !member.serving)
+      return { members: members.length, healthy: members.length - down.length, down: down.slice(0, MAX_DOWN_NAMES).map((member) => redactUrl(member.name)) }
+    }
     return { legacy: of('legacy'), migrated: of('migrated') }
   }
 

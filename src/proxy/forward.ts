@@ -432,7 +432,7 @@ class Exchange implements Dispatcher.DispatchHandler, Waiting {
 
   /** Another attempt is safe: idempotent, no body to replay, and the upstream never saw the request (or a keep-alive socket closed under it). */
   #retryable (failure: UpstreamFailure): boolean {
-    const retries = this.#deps.retries
+    const retries = this.#pool.retries ?? this.#deps.retries // the pool's own upstream.retries
     if (failure.local || retries === 0 || this.#hasBody || !IDEMPOTENT.has(this.#req.method ?? '')) return false
     // A refused connection reached nobody, and the balancer may pick a dead member twice: allow one try per member.
     if (failure.beforeSend) return this.#attempt <= Math.max(retries, this.#pool.members.length)

@@ -12,6 +12,8 @@ export interface UpstreamPool {
   /** The members' common base path ('' for none), put in front of every forwarded path. */
   basePath: string
   members: string[]
+  /** Retries of an idempotent request that failed before reaching this pool (its `upstream.retries`, or the global one). */
+  retries?: number
   /** Each member's health (active checks, outlier ejection). */
   health: MemberGroup
 }
@@ -46,7 +48,7 @@ export function createPools (config: Config, options: PoolOptions = {}): Pools {
     }
     const health = new MemberGroup(pool, options.now ?? Date.now, (change) => options.onChange?.(version, change))
     const members = urls.map((url, i) => health.add(pool.members[i] as string, url.origin, dispatcherOptions, options.previous?.get(`${version} ${pool.members[i] as string}`)))
-    pools[version] = { version, dispatcher: new Balancer(version, members), basePath, members: members.map((member) => member.origin), health }
+    pools[version] = { version, dispatcher: new Balancer(version, members), basePath, members: members.map((member) => member.origin), retries: upstream.retries, health }
   }
   return pools
 }

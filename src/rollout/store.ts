@@ -73,17 +73,22 @@ export class RolloutStore {
   readonly keys: RolloutKeys
   readonly #redis: RedisClient
   readonly #initialPercent: number
-  /** The names of the configured routes: each may have a dial of its own. */
-  readonly routes: readonly string[]
+  /** The names of the configured routes: each may have a dial of its own (a reload may change them: setRoutes). */
+  routes: readonly string[] = []
   /** The write dial's key, then each route dial's: what the poll reads beside percent and state. */
-  readonly otherDialKeys: readonly string[]
+  otherDialKeys: readonly string[] = []
 
   constructor (redis: RedisClient, keys: RolloutKeys, options: { initialPercent?: number, routes?: readonly string[] } = {}) {
     this.#redis = redis
     this.keys = keys
     this.#initialPercent = options.initialPercent ?? 0
-    this.routes = options.routes ?? []
-    this.otherDialKeys = [keys.writePercent, ...this.routes.map((route) => keys.routePercent(route))]
+    this.setRoutes(options.routes ?? [])
+  }
+
+  /** The configured route names whose dials are read (a reload of `routes`). */
+  setRoutes (routes: readonly string[]): void {
+    this.routes = [...routes]
+    this.otherDialKeys = [this.keys.writePercent, ...this.routes.map((route) => this.keys.routePercent(route))]
   }
 
   /** One round trip: every key of the rollout, validated. */

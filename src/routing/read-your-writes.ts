@@ -34,10 +34,11 @@ export interface ReadYourWritesOptions {
  * Clocks are injected (`now`, ms since the epoch) so that the window is tested without waiting for it.
  */
 export class ReadYourWrites {
-  readonly windowMs: number
+  #windowMs = 0
   readonly #secret: Buffer | undefined
   readonly #rollout: string
-  readonly #attributes: string
+  #attributes = ''
+  readonly #secure: boolean
   readonly #expected = Buffer.alloc(SIGNATURE_BYTES)
   readonly #given = Buffer.alloc(SIGNATURE_BYTES + 3)
   /** The marker: user key → until, plus a ring of the marks in the order they were made, for the sweep. */
@@ -48,13 +49,23 @@ export class ReadYourWrites {
   #size = 0
 
   constructor (options: ReadYourWritesOptions) {
-    this.windowMs = options.windowMs
     this.#secret = options.secret === undefined ? undefined : Buffer.from(options.secret, 'utf8')
     this.#rollout = options.rollout
-    this.#attributes = `; Max-Age=${Math.max(1, Math.ceil(options.windowMs / 1000))}; Path=/; HttpOnly; SameSite=Lax${options.secure === true ? '; Secure' : ''}`
+    this.#secure = options.secure === true
+    this.windowMs = options.windowMs
     const capacity = options.maxMarks ?? DEFAULT_MAX_MARKS
     this.#ringKeys = new Array<string | undefined>(capacity).fill(undefined)
     this.#ringUntil = new Float64Array(capacity)
+  }
+
+  /** `rollout.readYourWritesMs`; a reload may change it, keeping the marks already made. */
+  get windowMs (): number {
+    return this.#windowMs
+  }
+
+  set windowMs (windowMs: number) {
+    this.#windowMs = windowMs
+    this.#attributes = `; Max-Age=${Math.max(1, Math.ceil(windowMs / 1000))}; Path=/; HttpOnly; SameSite=Lax${this.#secure ? '; Secure' : ''}`
   }
 
   /** True when cookies are issued and believed (a secret is configured). */
@@ -72,7 +83,7 @@ export class ReadYourWrites {
    * the answer, or undefined when no secret is configured.
    */
   wrote (key: string, now: number): string | undefined {
-    const until = now + this.windowMs
+    const until = now + this.#windowMs
     this.#sweep(now)
     this.#mark(key, until)
     if (this.#secret === undefined) return undefined
@@ -92,7 +103,7 @@ export class ReadYourWrites {
     const dot = value.indexOf('.')
     if (dot < 1 || dot > 16) return false
     const until = Number(value.slice(0, dot))
-    if (!Number.isSafeInteger(until) || now >= until || until - now > this.windowMs + MAX_CLOCK_SKEW_MS) return false
+    if (!Number.isSafeInteger(until) || now >= until || until - now > this.#windowMs + MAX_CLOCK_SKEW_MS) return false
     const signature = value.slice(dot + 1)
     if (signature.length !== 43) return false // 32 bytes in unpadded base64url
     const n = this.#given.write(signature, 'base64url')

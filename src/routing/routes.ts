@@ -83,61 +83,44 @@ interface CompiledRoute {
   methods: readonly string[] | undefined
 }
 
-/**
- * The `routes` list, compiled once: the first route whose methods and glob match a request is its route, and
- * a request that matches none is on DEFAULT_ROUTE. Matching allocates nothing.
- */
-export class RouteTable {
-  readonly routes: readonly Route[]
-  readonly #compiled: CompiledRoute[]
+/** The compiled form of one `routes` list: swapped whole by RouteTable.replace. */
+interface CompiledTable {
+  routes: readonly Route[]
   /**
    * The routes a path can match, by a hash of its first segment: those whose literal start names that segment,
-   * merged in table order with those that start with a glob (#anySegment). Most routes are skipped unseen.
+   * merged in table order with those that start with a glob (anySegment). Most routes are skipped unseen.
    */
-  readonly #bySegment = new Map<number, CompiledRoute[]>()
-  readonly #anySegment: CompiledRoute[]
+  bySegment: Map<number, CompiledRoute[]>
+  anySegment: CompiledRoute[]
+}
+
+/**
+ * The `routes` list, compiled once: the first route whose methods and glob match a request is its route, and
+ * a request that matches none is on DEFAULT_ROUTE. Matching allocates nothing. A reload replaces the list in
+ * place (one assignment), so every holder of the table (the forwarder, the admin `/which`) follows it.
+ */
+export class RouteTable {
+  #table: CompiledTable
 
   /** Throws on a duplicate name or a bad glob; the config's validation reports those first, by key. */
   constructor (configs: readonly RouteConfig[]) {
-    const names = new Set<string>([DEFAULT_ROUTE_NAME])
-    this.#compiled = configs.map((config, index) => {
-      if (names.has(config.name)) throw new Error(`route name "${config.name}" is used twice (or is the reserved "${DEFAULT_ROUTE_NAME}")`)
-      names.add(config.name)
-      const problem = globProblem(config.path)
-      if (problem !== undefined) throw new Error(`route "${config.name}" path "${config.path}" ${problem}`)
-      const route: Route = Object.freeze({ name: config.name, index, mode: config.mode, class: config.class })
-      const scanned = picomatch.scan(config.path)
-      const literal = !config.path.includes('\\')
-      return {
-        route,
-        base: scanned.negated ? '' : scanned.base.split('\\')[0] as string, // an escape (`\*`) ends the literal part
-        shape: literal && !scanned.isGlob ? 'exact' : literal && scanned.glob === '**' && scanned.base.length > 1 ? 'tree' : 'regex',
-        regex: picomatch.makeRe(config.path, GLOB_OPTIONS),
-        methods: config.methods === undefined || config.methods.length === 0 ? undefined : [...config.methods]
-      }
-    })
-    this.routes = this.#compiled.map((c) => c.route)
-    const segmentOf = (c: CompiledRoute): number | undefined => {
-      // The literal start names the first segment only when that segment is whole in the glob: `/reports` of
-      // `/reports/**` does, `/x` of `/x\*y` and `/` of `/*.js` do not.
-      const glob = (configs[c.route.index] as RouteConfig).path
-      const slash = c.base.indexOf('/', 1)
-      const end = slash === -1 ? c.base.length : slash
-      const whole = end === glob.length || glob.charCodeAt(end) === 0x2f
-      return end > 1 && whole ? segmentHash(c.base, 1) : undefined
-    }
-    this.#anySegment = this.#compiled.filter((c) => segmentOf(c) === undefined)
-    for (const c of this.#compiled) {
-      const segment = segmentOf(c)
-      if (segment !== undefined && !this.#bySegment.has(segment)) {
-        this.#bySegment.set(segment, this.#compiled.filter((other) => other === c || segmentOf(other) === undefined || segmentOf(other) === segment))
-      }
-    }
+    this.#table = compile(configs)
+  }
+
+  /** The routes in table order (a route's `index` is its place here). */
+  get routes (): readonly Route[] {
+    return this.#table.routes
+  }
+
+  /** Takes the routes of `other` at once: a request is matched against the old list or the new one, never a mix. */
+  replace (other: RouteTable): void {
+    this.#table = other.#table
   }
 
   /** The route of a request: `path` is the normalised path (normalisePath), `method` as sent. */
   match (method: string | undefined, path: string): Route {
-    const candidates = this.#bySegment.get(segmentHash(path, 1)) ?? this.#anySegment
+    const table = this.#table
+    const candidates = table.bySegment.get(segmentHash(path, 1)) ?? table.anySegment
     for (let i = 0; i < candidates.length; i++) {
       const c = candidates[i] as CompiledRoute
       if (!path.startsWith(c.base)) continue
@@ -151,4 +134,43 @@ export class RouteTable {
   byName (name: string): Route | undefined {
     return name === DEFAULT_ROUTE_NAME ? DEFAULT_ROUTE : this.routes.find((route) => route.name === name)
   }
+}
+
+/** Compiles a `routes` list; throws on a duplicate name or a bad glob. */
+function compile (configs: readonly RouteConfig[]): CompiledTable {
+  const names = new Set<string>([DEFAULT_ROUTE_NAME])
+  const compiled = configs.map((config, index): CompiledRoute => {
+    if (names.has(config.name)) throw new Error(`route name "${config.name}" is used twice (or is the reserved "${DEFAULT_ROUTE_NAME}")`)
+    names.add(config.name)
+    const problem = globProblem(config.path)
+    if (problem !== undefined) throw new Error(`route "${config.name}" path "${config.path}" ${problem}`)
+    const route: Route = Object.freeze({ name: config.name, index, mode: config.mode, class: config.class })
+    const scanned = picomatch.scan(config.path)
+    const literal = !config.path.includes('\\')
+    return {
+      route,
+      base: scanned.negated ? '' : scanned.base.split('\\')[0] as string, // an escape (`\*`) ends the literal part
+      shape: literal && !scanned.isGlob ? 'exact' : literal && scanned.glob === '**' && scanned.base.length > 1 ? 'tree' : 'regex',
+      regex: picomatch.makeRe(config.path, GLOB_OPTIONS),
+      methods: config.methods === undefined || config.methods.length === 0 ? undefined : [...config.methods]
+    }
+  })
+  const segmentOf = (c: CompiledRoute): number | undefined => {
+    // The literal start names the first segment only when that segment is whole in the glob: `/reports` of
+    // `/reports/**` does, `/x` of `/x\*y` and `/` of `/*.js` do not.
+    const glob = (configs[c.route.index] as RouteConfig).path
+    const slash = c.base.indexOf('/', 1)
+    const end = slash === -1 ? c.base.length : slash
+    const whole = end === glob.length || glob.charCodeAt(end) === 0x2f
+    return end > 1 && whole ? segmentHash(c.base, 1) : undefined
+  }
+  const anySegment = compiled.filter((c) => segmentOf(c) === undefined)
+  const bySegment = new Map<number, CompiledRoute[]>()
+  for (const c of compiled) {
+    const segment = segmentOf(c)
+    if (segment !== undefined && !bySegment.has(segment)) {
+      bySegment.set(segment, compiled.filter((other) => other === c || segmentOf(other) === undefined || segmentOf(other) === segment))
+    }
+  }
+  return { routes: compiled.map((c) => c.route), bySegment, anySegment }
 }

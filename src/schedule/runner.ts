@@ -42,6 +42,8 @@ export class ScheduleRunner {
   #ticking: Promise<void> | undefined
   #again = false
   #closed = false
+  /** The deferral last logged (action and result): a step that waits is logged once per reason, not per check. */
+  #deferred: string | undefined
 
   constructor (options: ScheduleRunnerOptions) {
     this.#o = options
@@ -120,8 +122,13 @@ export class ScheduleRunner {
     const dial = shared.percent
     const write = async (next: Schedule, action: ScheduleChange['action'], reason: string, percent?: number): Promise<void> => {
       const result = await control.writeSchedule(raw, next, this.#actor, { action, old: String(schedule.percent ?? dial), new: String(next.percent ?? dial), reason, percent })
-      if (result !== 'ok') log.info({ result, action }, 'ramp schedule step deferred')
-      else log.info({ action, step: next.step + 1, percent: next.percent, status: next.status, reason }, 'ramp schedule changed')
+      if (result !== 'ok') {
+        if (this.#deferred !== `${action} ${result}`) log.info({ result, action }, 'ramp schedule step deferred')
+        this.#deferred = `${action} ${result}`
+      } else {
+        this.#deferred = undefined
+        log.info({ action, step: next.step + 1, percent: next.percent, status: next.status, reason }, 'ramp schedule changed')
+      }
     }
 
     if (shared.state === 'rolled_back') {

@@ -277,3 +277,29 @@ test('a resume lifts the fence with the rollback: the cohort is back on migrated
   const released = (await s.redis.client.xrange(k.audit, '-', '+')).find(([, f]) => f.includes('fence_release'))
   assert.ok(released?.[1].includes('resume'))
 })
+
+test('with the write dial below the percentage, the fence holds the writes of those who wrote to migrated, not of the reads-only cohort', async (t) => {
+  const rollout = 'wb-fence-writes'
+  const k = keysOf(rollout)
+  const redis = await startRedis(t)
+  await redis.client.set(k.writePercent, '10')
+  const s = await setup(t, rollout, {}, redis)
+  const { proxy } = s
+  await untilRollout(proxy.app, (snapshot) => snapshot.writePercent === 10)
+  // Reads and writes on migrated (bucket < 10%), and reads on migrated with writes on legacy (10% ≤ bucket < 50%).
+  const writer = cohorts(proxy.app, 10, 1).migrated[0] as string
+  const reader = s.users.migrated.find((user) => proxy.app.router.bucketOf(user) >= 1_000) as string
+  assert.ok(reader !== undefined, 'a user of the reads-only cohort')
+  assert.deepEqual([(await writeAs(proxy.url, writer)).version, (await writeAs(proxy.url, reader)).version], ['migrated', 'legacy'])
+
+  const rolledBack = await adminCall(proxy.adminUrl, 'POST', '/rollback', { reason: 'checkout errors' })
+  assert.equal(rolledBack.status, 200, JSON.stringify(rolledBack.body))
+  assert.equal(await redis.client.hget(k.fence, 'percent'), '10')
+  assert.equal(proxy.app.sync.current.fence?.percent, 10)
+
+  const fenced = await writeAs(proxy.url, writer)
+  assert.deepEqual([fenced.status, fenced.body.error], [503, 'DBSHIFT_ERR_WRITES_FENCED'])
+  // Their writes were on legacy all along: nothing to wait for.
+  const free = await writeAs(proxy.url, reader)
+  assert.deepEqual([free.status, free.version], [200, 'legacy'])
+})

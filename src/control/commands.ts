@@ -196,7 +196,7 @@ export class RolloutControl {
     let written: { code: number, fence: string } | undefined
     let local: Fence | undefined
     const write = async (): Promise<boolean> => {
-      const [code, , fence] = await this.#scripts.change('dbshiftRollback', header, [k.state, k.trip, k.wayBack, k.fence, k.percent],
+      const [code, , fence] = await this.#scripts.change('dbshiftRollback', header, [k.state, k.trip, k.wayBack, k.fence, k.percent, k.writePercent],
         [level, trip.at, force ? '1' : '', id, new Date(deadline).toISOString(), local === undefined ? '' : String(local.percent), this.#o.initialPercent, local === undefined ? '' : '1']) as [number, string, string]
       written = { code, fence }
       return code === 1
@@ -212,9 +212,9 @@ export class RolloutControl {
       await this.#reread()
     } else {
       const current = sync.current
-      // The fence engages here at once too, on the cohort of the dial in force before the rollback.
+      // The fence engages here at once too, on the cohort that wrote to migrated before the rollback.
       local = !current.rolledBack && (level === 'L3' || current.wayBack === 'reverse_sync')
-        ? { id, level, reason: trip.reason, at, deadline: level === 'L3' ? undefined : deadline, percent: current.percent, held: false }
+        ? { id, level, reason: trip.reason, at, deadline: level === 'L3' ? undefined : deadline, percent: Math.min(current.writePercent ?? current.percent, current.percent), held: false }
         : undefined
       let persisted = await sync.rollbackLocally(trip, write, local)
       // With Redis connected, a write that failed (a command timeout under load) is tried again before the trip is
@@ -247,7 +247,7 @@ export class RolloutControl {
     let fence: string | undefined
     if (level === 'L3') {
       const id = `${at.toString(36)}-${randomBytes(4).toString('hex')}`
-      if (await this.#scripts.change('dbshiftFence', header, [this.keys.fence, this.keys.percent], [id, level, new Date(at).toISOString(), this.#o.initialPercent]) === 1) fence = id
+      if (await this.#scripts.change('dbshiftFence', header, [this.keys.fence, this.keys.percent, this.keys.writePercent], [id, level, new Date(at).toISOString(), this.#o.initialPercent]) === 1) fence = id
     }
     if (!frozen && fence === undefined) return { status: 'noop' }
     this.#o.notifier?.send({ action: 'rollback_refused', actor, reason: header.reason, level, at, fence })

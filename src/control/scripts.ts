@@ -21,6 +21,13 @@ end
 local function announce(action, value)
   redis.call('PUBLISH', EVENTS, cjson.encode({action = action, value = value, by = BY, source = SOURCE, at = AT}))
 end
+-- The dial whose users write to migrated: min(write_percent, percent); the fence holds this cohort's writes.
+local function writeCohort(percentKey, writeKey, initial)
+  local percent = tonumber(redis.call('GET', percentKey) or initial) or 0
+  local writes = tonumber(redis.call('GET', writeKey) or '')
+  if writes and writes < percent then return tostring(writes) end
+  return tostring(percent)
+end
 `
 
 /**
@@ -85,11 +92,11 @@ return {1, old or '', ''}
 `
 
 /**
- * KEYS: audit, state, trip, way_back, fence, percent. ARGV: level, trip time (ISO), force (1|''), fence id,
- * fence deadline (ISO), the cohort's percentage ('' = the percent key's), initial percent, fenced here already
+ * KEYS: audit, state, trip, way_back, fence, percent, write_percent. ARGV: level, trip time (ISO), force (1|''), fence id,
+ * fence deadline (ISO), the cohort's percentage ('' = the write cohort's in Redis), initial percent, fenced here already
  * (1|''). With no way back (`none`) and no force, nothing is written. In reverse_sync, on an L3 trip in every
  * mode, and when the instance already fences locally (a rollback made while Redis was away), the rollback
- * engages the fence on the moving cohort (those under the percentage before it) in the same step. Returns
+ * engages the fence on the moving cohort (those who wrote to migrated before it) in the same step. Returns
  * {1 | 0 already rolled back | -1 refused, the mode, the fence id ('' = no fence engaged)}.
  */
 const ROLLBACK = `
@@ -111,7 +118,7 @@ if ARGV[7] == 'L3' or mode == 'reverse_sync' or ARGV[14] == '1' then
     local deadline = ARGV[11]
     if ARGV[7] == 'L3' then deadline = '' end
     local percent = ARGV[12]
-    if percent == '' then percent = redis.call('GET', KEYS[6]) or ARGV[13] end
+    if percent == '' then percent = writeCohort(KEYS[6], KEYS[7], ARGV[13]) end
     redis.call('HSET', KEYS[5], 'id', ARGV[10], 'level', ARGV[7], 'reason', REASON, 'at', ARGV[8], 'deadline', deadline, 'percent', percent)
     audit('fence', '', ARGV[10], {'level', ARGV[7]})
     announce('fence', ARGV[10])
@@ -132,12 +139,12 @@ return {1, old}
 `
 
 /**
- * KEYS: audit, fence, percent. ARGV: fence id, level, at (ISO), initial percent. A fence with no rollback (an L3
+ * KEYS: audit, fence, percent, write_percent. ARGV: fence id, level, at (ISO), initial percent. A fence with no rollback (an L3
  * trip when there is no way back). Returns 1, or 0 when a fence is already in force.
  */
 const FENCE = `
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[2], 'id', ARGV[7], 'level', ARGV[8], 'reason', REASON, 'at', ARGV[9], 'deadline', '', 'percent', redis.call('GET', KEYS[3]) or ARGV[10])
+redis.call('HSET', KEYS[2], 'id', ARGV[7], 'level', ARGV[8], 'reason', REASON, 'at', ARGV[9], 'deadline', '', 'percent', writeCohort(KEYS[3], KEYS[4], ARGV[10]))
 audit('fence', '', ARGV[7], {'level', ARGV[8]})
 announce('fence', ARGV[7])
 return 1
@@ -291,9 +298,9 @@ return 1
 const SCRIPTS = {
   dbshiftSetPercent: { keys: 4, lua: SET_PERCENT, audited: true },
   dbshiftSetDial: { keys: 4, lua: SET_DIAL, audited: true },
-  dbshiftRollback: { keys: 5, lua: ROLLBACK, audited: true },
+  dbshiftRollback: { keys: 6, lua: ROLLBACK, audited: true },
   dbshiftWayBack: { keys: 1, lua: WAY_BACK, audited: true },
-  dbshiftFence: { keys: 2, lua: FENCE, audited: true },
+  dbshiftFence: { keys: 3, lua: FENCE, audited: true },
   dbshiftFenceRelease: { keys: 1, lua: FENCE_RELEASE, audited: true },
   dbshiftFenceHold: { keys: 1, lua: FENCE_HOLD, audited: true },
   dbshiftResume: { keys: 4, lua: RESUME, audited: true },

@@ -10,7 +10,7 @@ export type UpstreamErrorReason = typeof UPSTREAM_ERROR_REASONS[number]
 /** Why dbshift answered a request itself: the `reason` label of dbshift_refused_total. */
 export const REFUSED_REASONS = [
   'overloaded', 'bad_request', 'uri_too_long', 'headers_too_large', 'request_timeout', 'fenced', 'paused',
-  'asterisk', 'local_error', 'queue_timeout', 'shutting_down'
+  'asterisk', 'local_error', 'shutting_down'
 ] as const
 export type RefusedReason = typeof REFUSED_REASONS[number]
 

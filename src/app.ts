@@ -111,9 +111,10 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     now,
     failures: metrics.backgroundErrors.labels('rollout_poll')
   }, log)
-  metrics.rolloutPercent.set(sync.current.percent)
+  const routeTable = new RouteTable(config.routes)
+  metrics.showDials(sync.current, routeTable.routes)
   sync.on('change', (next, previous) => {
-    metrics.rolloutPercent.set(next.percent)
+    metrics.showDials(next, routeTable.routes)
     metrics.rolledBack.set(next.rolledBack ? 1 : 0)
     log.info({ percent: next.percent, state: next.state, trip: next.trip, allow: next.allow.size, deny: next.deny.size, previous: { percent: previous.percent, state: previous.state } }, 'rollout state changed')
   })
@@ -174,7 +175,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     writeTimeoutMs: config.server.writeTimeoutMs,
     hooks: { ...guards.hooks, tap: streams.tap },
     draining: () => draining,
-    routes: new RouteTable(config.routes),
+    routes: routeTable,
     readYourWrites: config.rollout.readYourWritesMs === 0
       ? undefined
       : new ReadYourWrites({ windowMs: config.rollout.readYourWritesMs, secret: config.rollout.cookieSecret, rollout: config.rollout.name, secure: config.tls !== undefined }),

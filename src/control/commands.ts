@@ -39,6 +39,9 @@ export interface ScheduleChange {
 
 export type RampVerb = 'pause' | 'continue' | 'abort'
 
+/** A dial a change made by hand is audited for: the `key` field of its `hand_set` entry. */
+export type HandChangedKey = 'percent' | 'state' | 'write_percent' | `route:${string}:percent`
+
 export interface ControlOptions {
   redis: RedisClient
   store: RolloutStore
@@ -317,12 +320,15 @@ export class RolloutControl {
   }
 
   /**
-   * A change of `percent` or `state` made outside dbshift (a plain `redis-cli SET`), noticed by `noticedBy`. The
-   * instances that notice it race for `claim`, so the fleet records it once; a hand-made resume re-arms the
-   * guards fleet-wide like any other. False when another instance recorded it.
+   * A change of `percent`, `state`, `write_percent` or a route dial made outside dbshift (a plain `redis-cli SET`),
+   * noticed by `noticedBy`. The instances that notice it race for `claim`, so the fleet records it once; a
+   * hand-made resume re-arms the guards fleet-wide like any other. False when another instance recorded it.
    */
-  async recordHandChange (change: { key: 'percent' | 'state', old: string | null, new: string | null, claim: string, noticedBy: string }): Promise<boolean> {
-    const redisKey = this.keys[change.key]
+  async recordHandChange (change: { key: HandChangedKey, old: string | null, new: string | null, claim: string, noticedBy: string }): Promise<boolean> {
+    const k = this.keys
+    const redisKey = change.key === 'percent' || change.key === 'state'
+      ? k[change.key]
+      : change.key === 'write_percent' ? k.writePercent : k.routePercent(change.key.slice('route:'.length, -':percent'.length))
     const reason = `${redisKey} changed outside dbshift${change.new === null ? ' (deleted)' : ''}; noticed by ${change.noticedBy}`
     const rolledBackBefore = change.old === 'rolled_back'
     const rolledBackNow = change.new === 'rolled_back'

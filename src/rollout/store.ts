@@ -37,8 +37,8 @@ export interface SharedRollout {
   found: { percent: ValueSource, state: ValueSource, writePercent: ValueSource }
   /** Route dials whose value was invalid (ignored): the instance keeps its last valid value for them. */
   invalidRoutes: string[]
-  /** The dials' raw text (null = missing): what a change made by hand wrote. */
-  raw: { percent: string | null, state: string | null }
+  /** The dials' raw text (null = missing): what a change made by hand wrote; `others` as in otherDialKeys. */
+  raw: { percent: string | null, state: string | null, others: ReadonlyArray<string | null> }
   /** The write dial and the route dials as one string: the poll compares it to see whether they moved. */
   otherDials: string
   /** Values that were ignored, for the caller to log and count. */
@@ -159,7 +159,7 @@ export class RolloutStore {
       armedAt,
       freeze,
       found,
-      raw: { percent: percentText, state: stateText },
+      raw: { percent: percentText, state: stateText, others: this.otherDialKeys.map((_, i) => otherTexts[i] ?? null) },
       invalid
     }
   }

@@ -157,6 +157,9 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const connections = new OpenConnections({ router, rollout: () => sync.current, metrics, log, spreadMs: config.server.reconnectSpreadMs })
   listeners.on(sync, 'change', (next: RolloutSnapshot) => { connections.reconsider(next) })
   const streams = new StreamTracker(connections, keyReader, guards.hooks.tap)
+  const readYourWrites = config.rollout.readYourWritesMs === 0
+    ? undefined
+    : new ReadYourWrites({ windowMs: config.rollout.readYourWritesMs, secret: config.rollout.cookieSecret, rollout: config.rollout.name, secure: config.tls !== undefined })
   const forward = createForwarder({
     router,
     keyReader,
@@ -176,9 +179,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     hooks: { ...guards.hooks, tap: streams.tap },
     draining: () => draining,
     routes: routeTable,
-    readYourWrites: config.rollout.readYourWritesMs === 0
-      ? undefined
-      : new ReadYourWrites({ windowMs: config.rollout.readYourWritesMs, secret: config.rollout.cookieSecret, rollout: config.rollout.name, secure: config.tls !== undefined }),
+    readYourWrites,
     now
   })
 
@@ -226,6 +227,9 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     connectTimeoutMs: config.upstream.connectTimeoutMs,
     headersTimeoutMs: config.upstream.headersTimeoutMs,
     pausedFor: guards.hooks.pausedFor,
+    routes: routeTable,
+    readYourWrites,
+    now,
     draining: () => draining,
     plain: forward
   }))

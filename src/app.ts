@@ -18,6 +18,7 @@ import { redisHealth, type RedisHealth, type RedisState } from './rollout/redis-
 import { RolloutStore } from './rollout/store.ts'
 import { RolloutSync } from './rollout/sync.ts'
 import type { RolloutSnapshot } from './rollout/snapshot.ts'
+import { ReverseLag } from './rollout/way-back.ts'
 import { TrafficWindow } from './traffic/window.ts'
 import { createPools, closePools, type Pools } from './proxy/pools.ts'
 import { createForwarder, sendError } from './proxy/forward.ts'
@@ -127,8 +128,10 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const router = routerFor(config.rollout)
   const schedules = new ScheduleStore(redis, keys)
   const notifier = new Notifier({ ...config.notify, rollout: config.rollout.name, log, failures: metrics.backgroundErrors.labels('notify') })
-  const control = new RolloutControl({ redis, store, schedules, initialPercent: config.rollout.initialPercent, log, now, sync, metrics, notifier, raiseGate: localRaiseGate(() => poolHealth.migratedHealthy()) })
-  const guardContext: GuardContext = { config, instanceId, sync, store, control, redis, traffic, metrics, log, now }
+  const reverseLag = new ReverseLag()
+  const wayBack = { ...config.guards.wayBack, pollMs: config.guards.signalPollIntervalMs }
+  const control = new RolloutControl({ redis, store, schedules, initialPercent: config.rollout.initialPercent, log, now, sync, metrics, notifier, wayBack, reverseLag, raiseGate: localRaiseGate(() => poolHealth.migratedHealthy()) })
+  const guardContext: GuardContext = { config, instanceId, sync, store, control, redis, traffic, metrics, log, now, router, reverseLag }
   const guards = createGuards(guardContext)
   const poolHealth = new PoolHealth({
     metrics,

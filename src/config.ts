@@ -159,6 +159,12 @@ export const ConfigSchema = Type.Object({
       webhookUrl: Type.Optional(Type.String({ pattern: '^https?://' })),
       webhookTimeoutMs: Millis(5_000),
       webhookRetries: Type.Integer({ minimum: 0, maximum: 10, default: 3 })
+    }, { additionalProperties: false, default: {} }),
+    wayBack: Type.Object({
+      maxLagSeconds: Type.Number({ exclusiveMinimum: 0, maximum: 86_400, default: 30 }),
+      fenceTimeoutMs: Millis(30_000, 100),
+      onTimeout: Enum(['release', 'hold'], 'release'),
+      lagQuery: Type.Optional(Type.String({ pattern: '^https?://', description: 'must be an http:// or https:// Prometheus instant query URL' }))
     }, { additionalProperties: false, default: {} })
   }, { additionalProperties: false, default: {} }),
   routes: Type.Array(Type.Object({

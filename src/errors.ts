@@ -23,6 +23,9 @@ export const ERROR_CODES = [
   'DBSHIFT_ERR_INVALID_VALUE',
   'DBSHIFT_ERR_CONFLICT',
   'DBSHIFT_ERR_NO_INSTANCES',
+  'DBSHIFT_ERR_WAY_BACK_NOT_READY',
+  'DBSHIFT_ERR_NO_WAY_BACK',
+  'DBSHIFT_ERR_WRITES_FENCED',
   'DBSHIFT_ERR_WORKERS_UNAVAILABLE',
   'DBSHIFT_ERR_POOL_UNHEALTHY',
   'DBSHIFT_ERR_HOST_NOT_ALLOWED'
@@ -101,3 +104,14 @@ export const PoolUnhealthyError = createError<'DBSHIFT_ERR_POOL_UNHEALTHY', 409,
 /** A request to the admin port under a name that is not one of its own (DNS rebinding). */
 export const HostNotAllowedError = createError<'DBSHIFT_ERR_HOST_NOT_ALLOWED', 403, [string, Cause?]>(
   'DBSHIFT_ERR_HOST_NOT_ALLOWED', 'the Host header %s is not a name of this admin port; add it to admin.allowedHosts', 403)
+
+/** In reverse_sync, a raise while the reverse lag is unknown or above guards.wayBack.maxLagSeconds. */
+export const WayBackNotReadyError = createError<'DBSHIFT_ERR_WAY_BACK_NOT_READY', 409, [string, Cause?]>(
+  'DBSHIFT_ERR_WAY_BACK_NOT_READY', 'the way back is not ready: %s', 409)
+
+/** With no way back (`way_back` = none), a manual rollback without force. */
+export const NoWayBackError = createError<'DBSHIFT_ERR_NO_WAY_BACK', 409, [string, Cause?]>('DBSHIFT_ERR_NO_WAY_BACK', '%s', 409)
+
+/** A write of the moving cohort while the fence holds it (the reverse sync has not caught up yet). */
+export const WritesFencedError = createError<'DBSHIFT_ERR_WRITES_FENCED', 503, [Cause?]>(
+  'DBSHIFT_ERR_WRITES_FENCED', 'writes are held while your data is copied back; try again shortly', 503)

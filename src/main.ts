@@ -36,7 +36,7 @@ export async function main (overrides?: (config: Config) => void, deps: Partial<
     proxy: `${proxy.address}:${proxy.port}`,
     admin: `${admin.address}:${admin.port}`,
     config: configPath(process.env),
-    pools: redactUrls(config.pools),
+    pools: { legacy: redactUrls(config.pools.legacy.members), migrated: redactUrls(config.pools.migrated.members) },
     redis: redactUrl(config.redis.url),
     rollout: config.rollout.name,
     changes: config.admin.token === undefined ? 'disabled (no admin token)' : 'enabled'

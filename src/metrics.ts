@@ -1,6 +1,7 @@
 import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from 'prom-client'
 import { readThreshold, VERSIONS, writeThreshold, type RoutingState, type Version } from './routing/decide.ts'
 import { DEFAULT_ROUTE_NAME, REQUEST_CLASSES, type RequestClass, type Route } from './routing/routes.ts'
+import { WAY_BACK_MODES } from './rollout/values.ts'
 
 /** Why a request to an upstream failed: the `reason` label of dbshift_upstream_errors_total. */
 export const UPSTREAM_ERROR_REASONS = ['refused', 'reset', 'timeout', 'dns', 'tls', 'protocol', 'other'] as const
@@ -85,6 +86,12 @@ export class Metrics {
   readonly connectionsMoved: Counter<'version'>
   readonly routeRequests: Counter<'route' | 'version' | 'class'>
   readonly refused: Counter<'reason'>
+  readonly wayBack: Gauge<'mode'>
+  readonly reverseLag: Gauge
+  readonly rollbackSafe: Gauge
+  readonly writesFenced: Gauge
+  readonly fencedRequests: Counter
+  readonly rollbackUnsafe: Counter
 
   /**
    * Requests are counted here and handed to prom-client when it collects (at each scrape): a request costs a
@@ -147,6 +154,13 @@ export class Metrics {
     this.upstreamHealthy = new Gauge({ name: 'dbshift_upstream_healthy', help: '1 while a pool member takes new requests (its health checks pass and it is not ejected), else 0; member as configured.', labelNames: ['version', 'member'], registers, aggregator: 'min' })
     this.configReloadFailures = new Counter({ name: 'dbshift_config_reload_failures_total', help: 'Reloads (SIGHUP, POST /reload) refused because the new configuration was invalid; the running one was kept.', registers })
 
+    this.wayBack = new Gauge({ name: 'dbshift_way_back', help: 'The way back in force (1 for its mode): dual_write, reverse_sync or none.', labelNames: ['mode'], registers, aggregator: 'max' })
+    this.reverseLag = new Gauge({ name: 'dbshift_reverse_lag_seconds', help: 'How far behind the reverse sync (migrated to legacy) is, as of now; NaN while unknown.', registers, aggregator: 'max' })
+    this.rollbackSafe = new Gauge({ name: 'dbshift_rollback_safe', help: '1 when a rollback now would lose no write, else 0.', registers, aggregator: 'min' })
+    this.writesFenced = new Gauge({ name: 'dbshift_writes_fenced', help: '1 while the moving cohort\'s writes are fenced (503), else 0.', registers, aggregator: 'max' })
+    this.fencedRequests = new Counter({ name: 'dbshift_fenced_requests_total', help: 'Writes answered 503 because the fence held them.', registers })
+    this.rollbackUnsafe = new Counter({ name: 'dbshift_rollback_unsafe_total', help: 'Fences released on timeout before the reverse sync caught up: writes may be missing on legacy.', registers })
+
     // Series that exist from the start, at 0, so that rate() and alerts see the first failure as an increase.
     for (const version of VERSIONS) {
       for (const reason of UPSTREAM_ERROR_REASONS) this.upstreamErrors.labels(version, reason).inc(0)
@@ -171,6 +185,12 @@ export class Metrics {
     this.redisUp.set(0)
     this.l2Paused.set(0)
     this.configReloadFailures.inc(0)
+    for (const mode of WAY_BACK_MODES) this.wayBack.labels(mode).set(mode === 'dual_write' ? 1 : 0)
+    this.reverseLag.set(Number.NaN)
+    this.rollbackSafe.set(1)
+    this.writesFenced.set(0)
+    this.fencedRequests.inc(0)
+    this.rollbackUnsafe.inc(0)
     if (options.defaultMetrics !== false) {
       collectDefaultMetrics({ register: registry })
       for (const name of MISNAMED_DEFAULT_METRICS) registry.removeSingleMetric(name)

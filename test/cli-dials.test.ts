@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { Router } from '../src/routing/decide.ts'
-import { startProxy, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
+import { startProxy, startRedis, startUpstream, tempDir, testConfig, untilRollout } from './helpers.ts'
 
 interface Run { code: number | null, stdout: string, stderr: string, json: () => Record<string, unknown> }
 
@@ -40,7 +39,7 @@ function splitUser (): string {
 
 test('dbshift set --writes and --route turn the write and route dials; status and which show them', async (t) => {
   const redis = await startRedis(t)
-  const file = join(mkdtempSync(join(tmpdir(), 'dbshift-dials-')), 'dbshift.yaml')
+  const file = join(tempDir(t, 'dbshift-dials-'), 'dbshift.yaml')
   writeFileSync(file, ROUTES_YAML)
   const env = { REDIS_URL: redis.url, DBSHIFT_CONFIG: file, DBSHIFT_OPERATOR: 'alice' }
 

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { resolveConfig } from '../src/config.ts'
+import { tempDir } from './helpers.ts'
 
 const pools = { legacy: ['http://127.0.0.1:1'], migrated: ['http://127.0.0.1:2'] }
 const SECRET = 'k7Qw9-a-cookie-secret-32-chars-ok'
@@ -64,8 +64,8 @@ test('each bad route is refused with its key, its value and the rule', () => {
   assert.match(failure({ pools, rollout: { readYourWritesMs: 1.5 } }), /rollout\.readYourWritesMs = 1\.5/)
 })
 
-test('start-up stops with exit status 2 and one line naming a duplicate route', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'dbshift-routes-'))
+test('start-up stops with exit status 2 and one line naming a duplicate route', (t) => {
+  const dir = tempDir(t, 'dbshift-routes-')
   const file = join(dir, 'dbshift.yaml')
   writeFileSync(file, [
     'pools: { legacy: ["http://127.0.0.1:1"], migrated: ["http://127.0.0.1:2"] }',

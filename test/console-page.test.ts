@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { mkdtempSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { writeFileSync } from 'node:fs'
 import { setTimeout as delay } from 'node:timers/promises'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { getAs, startProxy, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
+import { getAs, tempDir, startProxy, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
 import { openConsole, SCREENSHOTS, screenshot, startBrowser, untilPolled } from './console-browser.ts'
 
 const TOKEN = 'console-admin-token-0123456789'
@@ -75,7 +74,7 @@ test('the operator console: what it shows, live, and what it does with and witho
   })
 
   await t.test('a change made with the dbshift command, or a plain SET in Redis, appears without a reload', async () => {
-    const config = join(mkdtempSync(join(tmpdir(), 'dbshift-console-')), 'dbshift.yaml')
+    const config = join(tempDir(t, 'dbshift-console-'), 'dbshift.yaml')
     writeFileSync(config, 'rollout:\n  name: shop\n')
     const run = await dbshift({ REDIS_URL: redis.url, DBSHIFT_CONFIG: config, DBSHIFT_OPERATOR: 'carol' }, 'set', '40', '--reason', 'bake went well')
     assert.equal(run.code, 0, run.stderr)

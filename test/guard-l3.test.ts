@@ -107,7 +107,9 @@ test('matching answers never trip; mismatches past the threshold roll back and c
   await webhook.delivered
   assert.equal(webhook.calls.length, 2, 'the 503 was retried')
   assert.equal(webhook.calls[0]?.key, webhook.calls[1]?.key, 'a retry carries the same idempotency key')
-  assert.deepEqual(webhook.calls[1]?.body, { event: 'rollback', rollout: ROLLOUT, level: 'L3', reason: trip.reason, at: trip.at, by: 'i0' })
+  // The fence id: the data-rollback job writes it to signal:data_restored to lift the fence on the cohort's writes.
+  const fence = await redis.client.hget(`dbshift:{${ROLLOUT}}:fence`, 'id')
+  assert.deepEqual(webhook.calls[1]?.body, { event: 'rollback', rollout: ROLLOUT, level: 'L3', reason: trip.reason, at: trip.at, by: 'i0', fence })
 
   assert.equal(await redis.client.get(`dbshift:{${ROLLOUT}}:state`), 'rolled_back')
   assert.equal((await redis.client.hgetall(`dbshift:{${ROLLOUT}}:trip`)).level, 'L3')

@@ -100,7 +100,7 @@ test('a real Prometheus scraping dbshift with the shipped rules sees both versio
   // Every rule evaluates without error against real dbshift output.
   const rules = await prometheus.get('/api/v1/rules')
   const health = rules.data.groups.flatMap((group: any) => group.rules.map((rule: any) => `${String(rule.name)} ${String(rule.health)} ${String(rule.lastError ?? '')}`))
-  assert.equal(health.length, 18)
+  assert.equal(health.length, 21)
   for (const line of health) assert.match(line, / ok $/)
 
   // Every dashboard query, with Grafana's variables filled in, is valid PromQL; the panels that show the two

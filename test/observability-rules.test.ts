@@ -26,8 +26,9 @@ test('every alert of the rule file has a promtool case where it fires and one wh
   const alerts = rules.groups.flatMap((group) => group.rules).flatMap((rule) => rule.alert ?? [])
   assert.deepEqual(alerts.sort(), [
     'DBShiftConfigErrors', 'DBShiftDown', 'DBShiftFeaturesPaused', 'DBShiftMigratedErrorRateHigh', 'DBShiftMigratedErrorsAboveLegacy',
-    'DBShiftMigratedLatencyAboveLegacy', 'DBShiftRedisUnreachable', 'DBShiftRolledBack', 'DBShiftRolloutStalled'
-  ])
+    'DBShiftFenceReleasedUnsafe', 'DBShiftMigratedLatencyAboveLegacy', 'DBShiftRedisUnreachable', 'DBShiftRollbackNotSafe', 'DBShiftRolledBack',
+    'DBShiftRolloutStalled', 'DBShiftWritesFenced'
+  ].sort())
   const firing = new Set<string>()
   const silent = new Set<string>()
   for (const file of RULE_TESTS) {

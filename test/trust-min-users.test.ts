@@ -35,3 +35,35 @@ test('20 user keys failing trip L1', async (t) => {
   assert.equal(snapshot.trip?.level, 'L1')
   assert.match(snapshot.trip?.reason ?? '', /from (1\d|20) users/)
 })
+
+test('anonymous failures count by address: behind a trusted proxy, by the address it forwarded', async (t) => {
+  const redis = await startRedis(t)
+  const legacy = await startUpstream(t, 'legacy')
+  const migrated = await startUpstream(t, 'migrated', (req, res) => { req.resume(); res.writeHead(500).end('bad input') })
+  const start = async (trustedProxies: string[]): Promise<TestProxy> => {
+    const name = `${ROLLOUT}-anon-${trustedProxies.length}`
+    await redis.client.set(`dbshift:{${name}}:percent`, '100')
+    const proxy = await startProxy(t, testConfig(redis.url, legacy.url, migrated.url, {
+      rollout: { name, anonymous: 'migrated' },
+      server: { trustedProxies },
+      guards: { l1: L1, l2: { enabled: false } }
+    }))
+    await untilRollout(proxy.app, (s) => s.percent === 100)
+    return proxy
+  }
+  const send = async (proxy: TestProxy): Promise<void> => {
+    for (let i = 0; i < 30 && !proxy.app.sync.current.rolledBack; i++) {
+      await fetch(`${proxy.url}/x`, { headers: { 'x-forwarded-for': `198.51.100.${i}` } }).then(async (res) => await res.arrayBuffer())
+    }
+  }
+  const untrusted = await start([])
+  await send(untrusted)
+  const [evaluation] = await nextGuardEvent(untrusted.app, 'evaluated', (e) => e.source === 'fleet' && e.totals.long.migrated.errors >= 30)
+  assert.equal(evaluation.totals.failingUsers.long, 1, 'a client cannot invent addresses')
+  assert.equal(untrusted.app.sync.current.rolledBack, false)
+
+  const trusted = await start(['127.0.0.1'])
+  const tripped = untilRollout(trusted.app, (s) => s.rolledBack, 10_000)
+  await send(trusted)
+  assert.equal((await tripped).trip?.level, 'L1')
+})

@@ -194,3 +194,20 @@ test('errors raised on this side before anything was sent (invalid argument, out
     assert.equal(classifyUpstreamError(Object.assign(new Error(code), { code }), 'migrated').local, false, code)
   }
 })
+
+test('the shadow comparison sends the rewritten target too: an absolute-form request is compared, not an error', async (t) => {
+  const redis = await startRedis(t)
+  const legacy = await startUpstream(t, 'legacy', (req, res) => { req.resume(); res.end(JSON.stringify({ path: req.url })) })
+  const migrated = await startUpstream(t, 'migrated', (req, res) => { req.resume(); res.end(JSON.stringify({ path: req.url })) })
+  await redis.client.set(`dbshift:{${ROLLOUT}}:percent`, '100')
+  const proxy = await startProxy(t, testConfig(redis.url, legacy.url, migrated.url, {
+    rollout: { name: ROLLOUT },
+    guards: { l1: L1, l2: { enabled: false }, l3: { enabled: true, sampleRate: 1, minComparisons: 1000 } }
+  }))
+  await untilRollout(proxy.app, (s) => s.percent === 100)
+  const compared = nextGuardEvent(proxy.app, 'shadow')
+  const answer = await raw(proxy.url, 'GET http://other-host.example/a//b/../c HTTP/1.1\r\nHost: x\r\nX-User-ID: u\r\nConnection: close\r\n\r\n')
+  assert.equal(JSON.parse(answer.body).path, '/a/c')
+  assert.deepEqual(await compared, ['match'])
+  assert.deepEqual(legacy.requests.map((req) => req.url), ['/a/c'])
+})

@@ -32,12 +32,20 @@ export async function listOrders (pool, layout, userId) {
   return rows.map(toOrder)
 }
 
-/** Places an order; the migrated layout also writes the legacy row in the same transaction (expand/contract). */
-export async function createOrder (pool, layout, userId, { item, quantity, address }) {
+// The id from the legacy sequence, so that the reverse sync can copy the order into legacy under the same id.
+const NEXT_ID = "SELECT nextval(pg_get_serial_sequence('legacy.orders', 'id')) AS id, now() AS created_at"
+
+/**
+ * Places an order. The migrated layout also writes the legacy row in the same transaction (dual write), unless
+ * `writes` is `own`: then it writes only its own tables, and the reverse sync (reverse-sync.js) copies them back.
+ */
+export async function createOrder (pool, layout, userId, { item, quantity, address }, writes = 'both') {
   const client = await pool.connect()
   try {
     await client.query('BEGIN')
-    const { rows: [legacy] } = await client.query(LEGACY_INSERT, [userId, item, quantity, address.street, address.city, address.postcode])
+    const { rows: [legacy] } = layout === 'migrated' && writes === 'own'
+      ? await client.query(NEXT_ID)
+      : await client.query(LEGACY_INSERT, [userId, item, quantity, address.street, address.city, address.postcode])
     if (layout === 'migrated') {
       const { rows: [addressRow] } = await client.query(ADDRESS_UPSERT, [userId, address.street, address.city, address.postcode])
       await client.query(MIGRATED_INSERT, [legacy.id, userId, item, quantity, addressRow.id, legacy.created_at])

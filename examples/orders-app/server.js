@@ -20,6 +20,8 @@ if (!LAYOUTS.includes(layout)) {
 const host = process.env.HOST ?? '0.0.0.0'
 const port = Number(process.env.PORT ?? 3000)
 const backfillEveryMs = Number(process.env.ORDERS_BACKFILL_INTERVAL_MS ?? 0)
+// `own`: the migrated version writes only its own tables (a reverse sync copies them to legacy); default: both.
+const writes = process.env.ORDERS_WRITES === 'own' ? 'own' : 'both'
 const MAX_BODY_BYTES = 16_384
 const MAX_TEXT = 200
 
@@ -54,7 +56,7 @@ async function handle (req, res) {
   if (req.method !== 'POST') return send(req, res, 405, { error: 'GET or POST' })
   const order = parseOrder(await readBody(req))
   if (typeof order === 'string') return send(req, res, 400, { error: order })
-  return send(req, res, 201, { user, order: await createOrder(pool, layout, user, order) })
+  return send(req, res, 201, { user, order: await createOrder(pool, layout, user, order, writes) })
 }
 
 /** Returns the order, or a message saying what is wrong with the body. */

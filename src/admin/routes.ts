@@ -9,6 +9,8 @@ import { explain, explainRoutes } from '../routing/configured.ts'
 import { isReady } from '../rollout/redis.ts'
 import { redisHealth } from '../rollout/redis-health.ts'
 import { redactUrls } from '../redact.ts'
+import { WAY_BACK_MODES } from '../rollout/values.ts'
+import { fenceJson } from '../guards/way-back.ts'
 import { requireToken } from './auth.ts'
 import type { AdminOptions } from './options.ts'
 import { operationRoutes } from './operations.ts'
@@ -86,8 +88,32 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
       redis: { connected: isReady(redis), state: redisHealth(redis).state, reason: redisHealth(redis).reason, lastSyncAt: iso(sync.lastSyncAt), rollbackPending: sync.rollbackPending },
       traffic: { windowSeconds: STATUS_WINDOW_MS / 1000, ...perVersion },
       pools: options.poolHealth?.status() ?? null,
+      wayBack: options.guards.wayBack.status(),
       guards: { config: redactUrls(config.guards), ...options.guards.status() }
     }
+  })
+
+  app.get('/way-back', async () => options.guards.wayBack.status())
+
+  app.put<{ Body: { mode: string, reason?: string } }>('/way-back', {
+    ...change,
+    schema: { body: { type: 'object', required: ['mode'], additionalProperties: false, properties: { mode: { type: 'string', enum: [...WAY_BACK_MODES] }, reason: { type: 'string', maxLength: 512 } } } }
+  }, async (request) => {
+    const result = unwrap(await control.setWayBack(request.body.mode, actor(authenticate(request)), request.body.reason))
+    return { mode: result.mode, previous: result.previous, changed: result.status === 'ok' }
+  })
+
+  app.get('/fence', async () => {
+    const fence = sync.current.fence
+    return { fenced: fence !== undefined, fence: fence === undefined ? null : fenceJson(fence) }
+  })
+
+  app.post<{ Body: { reason?: string } | undefined }>('/fence/release', {
+    ...change,
+    schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', maxLength: 512 } } } }
+  }, async (request) => {
+    const result = unwrap(await control.releaseFence(undefined, 'operator', actor(authenticate(request)), request.body?.reason))
+    return { released: result.status === 'ok', fence: result.status === 'ok' ? result.fence : null }
   })
 
   app.get<{ Params: { userKey: string } }>('/which/:userKey', async (request) => {
@@ -145,14 +171,14 @@ export async function adminRoutes (app: FastifyInstance, options: AdminOptions):
     return answer
   })
 
-  app.post<{ Body: { reason?: string } | undefined }>('/rollback', {
+  app.post<{ Body: { reason?: string, force?: boolean } | undefined }>('/rollback', {
     ...change,
-    schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', maxLength: 512 } } } }
+    schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', maxLength: 512 }, force: { type: 'boolean' } } } }
   }, async (request, reply) => {
-    const { outcome } = unwrap(await control.rollback({ reason: request.body?.reason }, actor(authenticate(request))))
+    const { outcome, fence } = unwrap(await control.rollback({ reason: request.body?.reason, force: request.body?.force }, actor(authenticate(request))))
     const persisted = outcome !== 'pending'
     reply.code(persisted ? 200 : 202)
-    return { state: 'rolled_back', persisted, message: persisted ? 'rolled back fleet-wide' : 'rolled back on this instance; it is written to Redis as soon as Redis is reachable' }
+    return { state: 'rolled_back', persisted, ...(fence === undefined ? {} : { fence: fence.id }), message: persisted ? 'rolled back fleet-wide' : 'rolled back on this instance; it is written to Redis as soon as Redis is reachable' }
   })
 
   app.post<{ Body: { reason?: string } | undefined }>('/resume', {

@@ -35,6 +35,8 @@ export interface CliContext {
   /** Every change goes through the command layer, as it does from the admin API. */
   control: RolloutControl
   actor: Actor
+  /** --force: change a rollout no live instance follows; roll back with no way back. */
+  force: boolean
   /** Warnings and failures, as JSON lines on stderr. */
   log: Logger
   json: boolean
@@ -98,6 +100,8 @@ export async function openContext (options: GlobalOptions): Promise<CliContext> 
     initialPercent: config.rollout.initialPercent,
     log,
     notifier,
+    // The command reads the lag key itself, at the moment of the change: no poll interval to allow for.
+    wayBack: { ...config.guards.wayBack, pollMs: 0 },
     requireFollowers: options.force === true ? undefined : async () => await liveRollouts(redis, config.redis.prefix, Date.now()),
     raiseGate: fleetRaiseGate(redis, keys)
   })
@@ -109,6 +113,7 @@ export async function openContext (options: GlobalOptions): Promise<CliContext> 
     schedules,
     control,
     actor: { by: operator(options), source: 'cli' },
+    force: options.force === true,
     log,
     json,
     print: (human, value) => { process.stdout.write(json ? `${JSON.stringify(value)}\n` : `${human}\n`) },

@@ -82,9 +82,10 @@ export async function setDials (ctx: CliContext, percent: number | undefined, di
 
 /** `dbshift rollback [--reason]`: everyone to legacy, fleet-wide. */
 export async function rollback (ctx: CliContext, reason: string, waitMs?: number): Promise<boolean> {
-  const { status, trip } = unwrap(await ctx.control.rollback({ reason }, ctx.actor))
+  const { status, trip, fence } = unwrap(await ctx.control.rollback({ reason, force: ctx.force }, ctx.actor))
   const changed = status === 'ok'
-  return await report(ctx, changed ? `rolled back: everyone goes to legacy (${trip.reason})` : 'already rolled back: nothing changed', { state: 'rolled_back', changed }, waitMs)
+  const fenced = fence === undefined ? '' : `\nfence ${fence.id}: the moving cohort's writes get 503 until legacy has their data ("dbshift fence" shows it)`
+  return await report(ctx, changed ? `rolled back: everyone goes to legacy (${trip.reason})${fenced}` : 'already rolled back: nothing changed', { state: 'rolled_back', changed, ...(fence === undefined ? {} : { fence: fence.id }) }, waitMs)
 }
 
 /** `dbshift resume`: re-arms the rollout after a rollback (it follows the percentage again). */

@@ -9,6 +9,7 @@ import { parseDialArg, parsePercentArg, rollback, resume, set, setDials } from '
 import { members } from './members.ts'
 import { controlRamp, parseRampArgs, RAMP_VERBS, showRamp, startRamp, type RampVerb } from './ramp.ts'
 import { status } from './status.ts'
+import { releaseFence, showFence, wayBack } from './way-back.ts'
 import { watch } from './watch.ts'
 import { checkUser, which } from './which.ts'
 
@@ -21,6 +22,8 @@ const EXIT_BY_CODE: Record<string, number> = {
   DBSHIFT_ERR_RAMP_FROZEN: EXIT.refused,
   DBSHIFT_ERR_CONFLICT: EXIT.refused,
   DBSHIFT_ERR_POOL_UNHEALTHY: EXIT.refused,
+  DBSHIFT_ERR_WAY_BACK_NOT_READY: EXIT.refused,
+  DBSHIFT_ERR_NO_WAY_BACK: EXIT.refused,
   DBSHIFT_ERR_NO_INSTANCES: EXIT.noInstances,
   DBSHIFT_ERR_REDIS_UNAVAILABLE: EXIT.failed
 }
@@ -78,7 +81,21 @@ export async function run (argv: string[]): Promise<number> {
       })
     })
 
-  program.command('rollback').description('send everyone to legacy, fleet-wide, now')
+  program.command('way-back').argument('[mode]', 'dual_write, reverse_sync or none')
+    .description('how the data gets back to legacy on a rollback: show it (with whether a rollback now is safe), or declare it')
+    .option('--reason <text>', 'why, for the audit trail', '')
+    .action(async (mode: string | undefined, opts: { reason: string }) => {
+      await withContext(async (ctx) => { await wayBack(ctx, mode, opts.reason) })
+    })
+
+  program.command('fence').argument('[op]', 'release').description('the fence on the moving cohort\'s writes: show it, or release it by hand')
+    .option('--reason <text>', 'why (release), for the audit trail', '')
+    .action(async (op: string | undefined, opts: { reason: string }) => {
+      if (op !== undefined && op !== 'release') throw new InvalidValueError(`"${op}" is not an operation: use dbshift fence, or dbshift fence release [--reason]`)
+      await withContext(async (ctx) => { await (op === 'release' ? releaseFence(ctx, opts.reason) : showFence(ctx)) })
+    })
+
+  program.command('rollback').description('send everyone to legacy, fleet-wide, now (--force: also with no way back)')
     .option('--reason <text>', 'why, for the trip and the audit trail', '')
     .option('--wait [duration]', WAIT_HELP)
     .action(async (opts: { reason: string, wait?: string | boolean }) => {

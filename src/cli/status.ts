@@ -2,6 +2,7 @@ import { readFleet, type FleetMember } from '../fleet/fleet.ts'
 import { describeProgress } from '../rollout/schedule.ts'
 import type { CliContext } from './context.ts'
 import { ago, entryJson, entryLine, table } from './format.ts'
+import { fenceLine } from './way-back.ts'
 
 /** `dbshift status`: the dial, the trip, the freeze, the schedule, the last change and the fleet. */
 export async function status (ctx: CliContext): Promise<void> {
@@ -14,6 +15,11 @@ export async function status (ctx: CliContext): Promise<void> {
   const fleet = await readFleet(ctx.redis, ctx.keys, shared, now)
   const behind = fleet.filter((member) => member.behind !== null).length
   const trip = shared.trip ?? null
+  const verdict = await ctx.control.wayBackVerdict()
+  // A raise made by hand while the way back was not ready: flagged until a change through dbshift sets the dial again.
+  const recent = await ctx.store.audit(50)
+  const handRaise = recent.find((e) => e.fields.action === 'set_percent' || (e.fields.action === 'hand_set' && e.fields.key === 'percent'))
+  const flagged = handRaise?.fields.way_back === undefined ? undefined : handRaise
 
   const lines = [
     `rollout      ${ctx.config.rollout.name}  (${ctx.keys.percent.replace(/:percent$/, ':*')})`,
@@ -23,6 +29,9 @@ export async function status (ctx: CliContext): Promise<void> {
     `state        ${shared.state}${shared.state === 'rolled_back' ? '  (everyone on legacy; "dbshift resume" re-arms the rollout)' : ''}`,
     `trip         ${trip === null ? '—' : `${trip.level} at ${trip.at} by ${trip.by}: ${trip.reason}`}`,
     `freeze       ${freeze === null ? '—' : `frozen by the L2 guard: ${freeze} (raises are refused)`}`,
+    `way back     ${verdict.mode}: rollback ${verdict.safe ? 'safe' : 'NOT safe'} (${verdict.why})`,
+    `fence        ${fenceLine(shared.fence)}`,
+    ...(flagged === undefined ? [] : [`warning      percent set to ${flagged.fields.new ?? '?'} by hand: ${flagged.fields.way_back ?? ''}`]),
     `overrides    allow ${allow}, deny ${deny}`,
     `ramp         ${schedule === undefined ? '—' : describeProgress(schedule, now)}`,
     `last change  ${last === undefined ? '—' : entryLine(last)}`,
@@ -38,6 +47,9 @@ export async function status (ctx: CliContext): Promise<void> {
     state: shared.state,
     trip,
     freeze,
+    wayBack: { mode: verdict.mode, rollbackSafe: verdict.safe, why: verdict.why, lagSeconds: verdict.lagSeconds },
+    fence: shared.fence ?? null,
+    handRaise: flagged === undefined ? null : entryJson(flagged),
     allow,
     deny,
     invalid: shared.invalid,

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { Metrics } from '../metrics.ts'
 import { MAX_KEY_BYTES } from '../routing/user-key.ts'
@@ -5,7 +6,8 @@ import type { RolloutKeys } from '../rollout/keys.ts'
 import { isReady, type RedisClient } from '../rollout/redis.ts'
 import { wrongTypeMessage, type RolloutStore, type Trip } from '../rollout/store.ts'
 import type { RolloutSync } from '../rollout/sync.ts'
-import { parsePercent, PERCENT_RULE } from '../rollout/values.ts'
+import { parseLag, parsePercent, parseWayBack, PERCENT_RULE, WAY_BACK_RULE, type WayBackMode } from '../rollout/values.ts'
+import { judgeWayBack, type Fence, type LagReading, type ReverseLag, type WayBackVerdict } from '../rollout/way-back.ts'
 import { describePlan, describeProgress, isActive, stepAhead, type RampStep, type Schedule } from '../rollout/schedule.ts'
 import type { ScheduleStore } from '../rollout/schedule-store.ts'
 import type { RaiseGate } from '../health/gate.ts'
@@ -21,6 +23,18 @@ import { Scripts, type AuditHeader } from './scripts.ts'
  * still one rollback, not two).
  */
 export type TripOutcome = 'tripped' | 'pending' | 'joined'
+
+/** How a fence was lifted: the reverse sync caught up, the data was restored (L3), on timeout, or by an operator. */
+export type FenceRelease = 'caught_up' | 'restored' | 'timeout' | 'operator'
+// A resume lifts its rollback's fence too (`how`: resume, in the audit entry).
+
+/** The rules of the way back (guards.wayBack), with the signal poll's interval. */
+export interface WayBackRules {
+  maxLagSeconds: number
+  fenceTimeoutMs: number
+  /** One signal poll interval: how late a reading may be seen. */
+  pollMs: number
+}
 
 /** Why a schedule write did not happen. */
 export type WriteRefusal = 'conflict' | 'rolled_back' | 'frozen' | 'unhealthy'
@@ -61,7 +75,12 @@ export interface ControlOptions {
   requireFollowers?: () => Promise<Map<string, number>>
   /** Refuses a raise (the dial, a ramp step) while the migrated pool has no healthy member. */
   raiseGate?: RaiseGate
+  wayBack?: WayBackRules
+  /** On an instance: the readings of the reverse lag the signal poll takes. The command reads the key once. */
+  reverseLag?: ReverseLag
 }
+
+const DEFAULT_WAY_BACK: WayBackRules = { maxLagSeconds: 30, fenceTimeoutMs: 30_000, pollMs: 5_000 }
 
 /** A rollback's reason when the operator gave none, by where it came from. */
 const DEFAULT_REASONS: Record<Actor['source'], string> = {
@@ -89,6 +108,8 @@ export class RolloutControl {
   readonly #o: ControlOptions
   readonly #scripts: Scripts
   readonly #now: () => number
+  /** The last raise made by hand while the way back was not ready, for /status. */
+  handRaise: { at: number, value: string, warning: string } | undefined
 
   constructor (options: ControlOptions) {
     this.#o = options
@@ -108,8 +129,13 @@ export class RolloutControl {
       return refused('DBSHIFT_ERR_POOL_UNHEALTHY', unhealthy)
     }
     const k = this.keys
-    const [done, old, frozenBecause, state] = await this.#scripts.change('dbshiftSetPercent', this.#header(actor, reason), [k.percent, k.freeze, k.state],
-      [String(percent), this.#o.initialPercent]) as [number, string, string, string]
+    const notReady = await this.#wayBackProblem()
+    const [done, old, frozenBecause, state] = await this.#scripts.change('dbshiftSetPercent', this.#header(actor, reason), [k.percent, k.freeze, k.state, k.wayBack],
+      [String(percent), this.#o.initialPercent, notReady]) as [number, string, string, string]
+    if (done === 3) {
+      this.#o.log.warn({ percent, by: actor.by, why: frozenBecause }, 'refused a raise of the percentage: the way back is not ready')
+      return refused('DBSHIFT_ERR_WAY_BACK_NOT_READY', `${frozenBecause}; a raise needs the reverse lag known and at most ${this.#rules.maxLagSeconds} s (lowering still works)`)
+    }
     if (done === 0) {
       this.#o.log.warn({ percent, by: actor.by, frozenBecause }, 'refused a raise of the percentage: the ramp is frozen')
       return refused('DBSHIFT_ERR_RAMP_FROZEN', `${frozenBecause || 'the L2 guard froze it'}; lowering the percentage still works`)
@@ -131,11 +157,24 @@ export class RolloutControl {
     }
     const blocked = await this.#preconditions(actor, 'moving traffic toward migrated needs Redis; try again when it is back')
     if (blocked !== undefined) return blocked
+    if (percent !== null) {
+      const shared = await this.#o.store.read()
+      const unhealthy = await this.#unhealthyRaise(percent, (route === undefined ? shared.writePercent : shared.routePercent.get(route)) ?? shared.percent)
+      if (unhealthy !== undefined) {
+        this.#o.log.warn({ dial, percent, by: actor.by, why: unhealthy }, `refused a raise of ${dial}: the migrated pool has no healthy member`)
+        return refused('DBSHIFT_ERR_POOL_UNHEALTHY', unhealthy)
+      }
+    }
     const k = this.keys
     const key = route === undefined ? k.writePercent : k.routePercent(route)
     const action = route === undefined ? 'set_write_percent' : 'set_route_percent'
-    const [done, old, frozenBecause] = await this.#scripts.change('dbshiftSetDial', this.#header(actor, reason), [key, k.freeze, k.percent],
-      [percent === null ? '' : String(percent), action, this.#o.initialPercent, ...(route === undefined ? [] : ['route', route])]) as [number, string, string]
+    const notReady = percent === null ? '' : await this.#wayBackProblem()
+    const [done, old, frozenBecause] = await this.#scripts.change('dbshiftSetDial', this.#header(actor, reason), [key, k.freeze, k.percent, k.wayBack],
+      [percent === null ? '' : String(percent), action, this.#o.initialPercent, notReady, ...(route === undefined ? [] : ['route', route])]) as [number, string, string]
+    if (done === 3) {
+      this.#o.log.warn({ dial, percent, by: actor.by, why: frozenBecause }, `refused a raise of ${dial}: the way back is not ready`)
+      return refused('DBSHIFT_ERR_WAY_BACK_NOT_READY', `${frozenBecause}; a raise needs the reverse lag known and at most ${this.#rules.maxLagSeconds} s (lowering still works)`)
+    }
     if (done === 0) {
       this.#o.log.warn({ dial, percent, by: actor.by, frozenBecause }, `refused a raise of ${dial}: the ramp is frozen`)
       return refused('DBSHIFT_ERR_RAMP_FROZEN', `${frozenBecause || 'the L2 guard froze it'}; lowering ${dial} still works`)
@@ -146,21 +185,43 @@ export class RolloutControl {
 
   /**
    * Sends everyone to legacy, fleet-wide. On an instance the move applies here at once (safety moves never wait)
-   * and is written to Redis as soon as it can be; a rollback already in force is a no-op.
+   * and is written to Redis as soon as it can be; a rollback already in force is a no-op. In reverse_sync (and
+   * on an L3 trip in every mode) it fences the moving cohort's writes in the same step. With no way back
+   * (`none`) it is refused unless `force`.
    */
-  async rollback (request: { level?: string, reason?: string }, actor: Actor): Promise<CommandResult<{ trip: Trip, outcome: TripOutcome }>> {
+  async rollback (request: { level?: string, reason?: string, force?: boolean }, actor: Actor): Promise<CommandResult<{ trip: Trip, outcome: TripOutcome, fence?: Fence }>> {
     const at = this.#now()
-    const trip: Trip = { level: request.level ?? 'manual', reason: request.reason === undefined || request.reason === '' ? DEFAULT_REASONS[actor.source] : request.reason, at: new Date(at).toISOString(), by: actor.by }
+    const level = request.level ?? 'manual'
+    const force = request.force === true
+    const trip: Trip = { level, reason: request.reason === undefined || request.reason === '' ? DEFAULT_REASONS[actor.source] : request.reason, at: new Date(at).toISOString(), by: actor.by }
     const header = this.#header(actor, trip.reason, at)
-    const write = async (): Promise<boolean> => await this.#scripts.change('dbshiftRollback', header, [this.keys.state, this.keys.trip], [trip.level, trip.at]) === 1
+    const k = this.keys
+    const id = `${at.toString(36)}-${randomBytes(4).toString('hex')}`
+    const deadline = at + this.#rules.fenceTimeoutMs
+    let written: { code: number, fence: string } | undefined
+    let local: Fence | undefined
+    const write = async (): Promise<boolean> => {
+      const [code, , fence] = await this.#scripts.change('dbshiftRollback', header, [k.state, k.trip, k.wayBack, k.fence, k.percent],
+        [level, trip.at, force ? '1' : '', id, new Date(deadline).toISOString(), local === undefined ? '' : String(local.percent), this.#o.initialPercent, local === undefined ? '' : '1']) as [number, string, string]
+      written = { code, fence }
+      return code === 1
+    }
+    const noWayBack = (): Refused => refused('DBSHIFT_ERR_NO_WAY_BACK', `the way back is "none": legacy would not see migrated's writes, so a rollback loses them; ${actor.source === 'cli' ? 'add --force' : 'send "force": true'} to roll back anyway`)
     const sync = this.#o.sync
     let outcome: TripOutcome
-    if (sync === undefined) {
-      const blocked = await this.#preconditions(actor, 'a rollback with the dbshift command is written to Redis')
-      if (blocked !== undefined) return blocked
+    let fence: Fence | undefined
+    if (sync === undefined || (sync.current.wayBack === 'none' && !force)) {
+      const blocked = await this.#preconditions(actor, sync === undefined ? 'a rollback with the dbshift command is written to Redis' : 'with no way back, a rollback is decided in Redis')
+      if (blocked !== undefined) return blocked.code === 'DBSHIFT_ERR_REDIS_UNAVAILABLE' && sync !== undefined ? noWayBack() : blocked
       outcome = await write() ? 'tripped' : 'joined'
+      await this.#reread()
     } else {
-      let persisted = await sync.rollbackLocally(trip, write)
+      const current = sync.current
+      // The fence engages here at once too, on the cohort of the dial in force before the rollback.
+      local = !current.rolledBack && (level === 'L3' || current.wayBack === 'reverse_sync')
+        ? { id, level, reason: trip.reason, at, deadline: level === 'L3' ? undefined : deadline, percent: current.percent, held: false }
+        : undefined
+      let persisted = await sync.rollbackLocally(trip, write, local)
       // With Redis connected, a write that failed (a command timeout under load) is tried again before the trip is
       // called pending: whether it was this rollback or another's must come from Redis, not a guess.
       for (let attempt = 0; !persisted && isReady(this.#o.redis) && attempt < ROLLBACK_ATTEMPTS; attempt++) {
@@ -169,11 +230,86 @@ export class RolloutControl {
       }
       const recorded = sync.current.trip
       outcome = !persisted ? 'pending' : recorded?.by === trip.by && recorded.at === trip.at ? 'tripped' : 'joined'
+      fence = outcome === 'pending' ? local : undefined
     }
+    if (written?.code === -1) return noWayBack()
+    if (written !== undefined && written.fence !== '') fence = sync?.current.fence ?? { id, level, reason: trip.reason, at, deadline: level === 'L3' ? undefined : deadline, percent: 0, held: false }
     if (outcome === 'joined') return { status: 'noop', trip, outcome }
     this.#o.metrics?.guardTrips.labels(trip.level).inc()
     this.#o.notifier?.send({ action: actor.source === 'guard' ? 'trip' : 'rollback', actor, reason: trip.reason, level: trip.level, at, pending: outcome === 'pending' })
-    return { status: 'ok', trip, outcome }
+    if (fence !== undefined) this.#o.notifier?.send({ action: 'fence', actor, reason: trip.reason, level, at, fence: fence.id, pending: outcome === 'pending' })
+    return { status: 'ok', trip, outcome, fence }
+  }
+
+  /**
+   * With no way back, a guard that would roll back freezes the ramp instead and alerts; an L3 trip also fences
+   * the cohort's writes, since inconsistent data must not be written further.
+   */
+  async freezeInstead (level: 'L1' | 'L3', reason: string, actor: Actor): Promise<CommandResult<{ fence?: string }>> {
+    const at = this.#now()
+    const header = this.#header(actor, `${level}: ${reason} (no way back: the ramp is frozen instead of rolled back)`, at)
+    const frozen = await this.#scripts.change('dbshiftFreeze', header, [this.keys.freeze]) === 1
+    let fence: string | undefined
+    if (level === 'L3') {
+      const id = `${at.toString(36)}-${randomBytes(4).toString('hex')}`
+      if (await this.#scripts.change('dbshiftFence', header, [this.keys.fence, this.keys.percent], [id, level, new Date(at).toISOString(), this.#o.initialPercent]) === 1) fence = id
+    }
+    if (!frozen && fence === undefined) return { status: 'noop' }
+    this.#o.notifier?.send({ action: 'rollback_refused', actor, reason: header.reason, level, at, fence })
+    await this.#reread()
+    return { status: 'ok', fence }
+  }
+
+  /** Declares how the data gets back to legacy: dual_write, reverse_sync or none. */
+  async setWayBack (mode: unknown, actor: Actor, reason = ''): Promise<CommandResult<{ mode: WayBackMode, previous: WayBackMode }>> {
+    const parsed = typeof mode === 'string' ? parseWayBack(mode) : undefined
+    if (parsed === undefined) return refused('DBSHIFT_ERR_INVALID_VALUE', `the way back must be ${WAY_BACK_RULE} (got ${JSON.stringify(mode) ?? 'nothing'})`)
+    const blocked = await this.#preconditions(actor, 'declaring the way back needs Redis')
+    if (blocked !== undefined) return blocked
+    const header = this.#header(actor, reason)
+    const [done, old] = await this.#scripts.change('dbshiftWayBack', header, [this.keys.wayBack], [parsed]) as [number, string]
+    const previous = parseWayBack(old) ?? 'dual_write'
+    if (done === 1) {
+      await this.#reread()
+      this.#o.notifier?.send({ action: 'way_back', actor, reason: `${previous} → ${parsed}${reason === '' ? '' : `: ${reason}`}`, at: header.at })
+    }
+    return { status: done === 1 ? 'ok' : 'noop', mode: parsed, previous }
+  }
+
+  /**
+   * Lifts the fence `id` (undefined: whichever is in force). A release on timeout is the unsafe one: counted in
+   * dbshift_rollback_unsafe_total and alerted.
+   */
+  async releaseFence (id: string | undefined, how: FenceRelease, actor: Actor, reason = ''): Promise<CommandResult<{ fence: string }>> {
+    if (!isReady(this.#o.redis)) return refused('DBSHIFT_ERR_REDIS_UNAVAILABLE', 'lifting the fence needs Redis; try again when it is back')
+    const header = this.#header(actor, reason === '' ? FENCE_RELEASES[how] : reason)
+    const [done, released] = await this.#scripts.change('dbshiftFenceRelease', header, [this.keys.fence], [id ?? '', how]) as [number, string]
+    if (done !== 1) return { status: 'noop', fence: id ?? '' }
+    if (how === 'timeout') this.#o.metrics?.rollbackUnsafe.inc()
+    this.#o.log[how === 'timeout' ? 'error' : 'warn']({ fence: released, how, by: actor.by }, `fence lifted: ${header.reason}`)
+    this.#o.notifier?.send({ action: how === 'timeout' ? 'fence_timeout' : 'fence_release', actor, reason: header.reason, at: header.at, fence: released })
+    await this.#reread()
+    return { status: 'ok', fence: released }
+  }
+
+  /** A timed-out fence that stays (onTimeout: hold): recorded and alerted once for the fleet. */
+  async holdFence (id: string, actor: Actor): Promise<boolean> {
+    const header = this.#header(actor, 'the fence timed out and is held (onTimeout: hold) until an operator releases it')
+    const done = await this.#scripts.change('dbshiftFenceHold', header, [this.keys.fence], [id]) === 1
+    if (done) this.#o.notifier?.send({ action: 'fence_hold', actor, reason: header.reason, at: header.at, fence: id })
+    return done
+  }
+
+  /** The verdict on the way back now: on an instance from what it applies, from the command from Redis. */
+  async wayBackVerdict (): Promise<WayBackVerdict> {
+    const mode = this.#o.sync?.current.wayBack ?? (await this.#o.store.read()).wayBack
+    return judgeWayBack(mode, await this.#lagReading(), this.#now(), this.#rules)
+  }
+
+  /** Why a raise in reverse_sync would be refused now ('' when it would not); a schedule's step waits on it. */
+  async raiseRefusal (): Promise<string> {
+    const mode = this.#o.sync?.current.wayBack ?? (await this.#o.store.read()).wayBack
+    return mode === 'reverse_sync' ? await this.#wayBackProblem() : ''
   }
 
   /** Re-arms the rollout after a rollback, fleet-wide: the re-arm time is kept in Redis for instances that start later. */
@@ -182,7 +318,7 @@ export class RolloutControl {
     if (blocked !== undefined) return blocked
     const k = this.keys
     const header = this.#header(actor, reason)
-    const done = await this.#scripts.change('dbshiftResume', header, [k.state, k.trip, k.armed]) === 1
+    const done = await this.#scripts.change('dbshiftResume', header, [k.state, k.trip, k.armed, k.fence]) === 1
     if (done) {
       await this.#reread()
       this.#o.notifier?.send({ action: 'resume', actor, reason, at: header.at })
@@ -334,9 +470,15 @@ export class RolloutControl {
     const rolledBackNow = change.new === 'rolled_back'
     const resumed = change.key === 'state' && rolledBackBefore && (change.new === null || change.new === 'active')
     const header = this.#header(BY_HAND, reason)
+    // A raise by hand cannot be refused; while the way back is not ready it is flagged, in the audit and in status.
+    const raised = change.key === 'percent' && Number(change.new ?? this.#o.initialPercent) > Number(change.old ?? this.#o.initialPercent)
+    const problem = raised ? await this.raiseRefusal() : ''
+    const warning = problem === '' ? '' : `raised by hand while the way back is not ready (${problem})`
     const done = await this.#scripts.change('dbshiftHandChange', header, [this.keys.handChange(change.claim), this.keys.armed],
-      [change.noticedBy, HAND_CLAIM_MS, change.key, change.old ?? '', change.new ?? '', resumed ? '1' : '0']) === 1
+      [change.noticedBy, HAND_CLAIM_MS, change.key, change.old ?? '', change.new ?? '', resumed ? '1' : '0', warning]) === 1
+    if (warning !== '') this.handRaise = { at: header.at, value: change.new ?? '', warning }
     if (!done) return false
+    if (warning !== '') this.#o.log.error({ key: redisKey, old: change.old, new: change.new, why: problem }, `the percentage was ${warning}`)
     this.#o.log.info({ key: redisKey, old: change.old, new: change.new }, 'a change made by hand in Redis was noticed; recorded in the audit stream')
     if (resumed) {
       await this.#reread()
@@ -367,6 +509,24 @@ export class RolloutControl {
     await this.#o.notifier?.flush()
   }
 
+  get #rules (): WayBackRules {
+    return this.#o.wayBack ?? DEFAULT_WAY_BACK
+  }
+
+  /** The reverse lag: the instance's own readings, or for the command one read of the key, seen now. */
+  async #lagReading (): Promise<LagReading | undefined> {
+    if (this.#o.reverseLag !== undefined) return this.#o.reverseLag.reading
+    const { text } = await this.#o.store.readReverseLag()
+    const lag = text === null ? undefined : parseLag(text)
+    return lag === undefined ? undefined : { lag, seenAt: this.#now() }
+  }
+
+  /** Why the way back would refuse a raise if it were reverse_sync ('' = it would not); the script checks the mode. */
+  async #wayBackProblem (): Promise<string> {
+    const verdict = judgeWayBack('reverse_sync', await this.#lagReading(), this.#now(), this.#rules)
+    return verdict.ready ? '' : verdict.why
+  }
+
   #header (actor: Actor, reason: string, at = this.#now()): AuditHeader {
     return { actor, reason, at }
   }
@@ -384,9 +544,9 @@ export class RolloutControl {
   }
 
   /** Why a raise to `percent` is refused by the raise gate, or undefined (not a raise, or the pool is healthy). */
-  async #unhealthyRaise (percent: number): Promise<string | undefined> {
+  async #unhealthyRaise (percent: number, current?: number): Promise<string | undefined> {
     const why = await this.#o.raiseGate?.()
-    if (why === undefined || percent <= (await this.#o.store.read()).percent) return undefined
+    if (why === undefined || percent <= (current ?? (await this.#o.store.read()).percent)) return undefined
     return why
   }
 
@@ -394,6 +554,13 @@ export class RolloutControl {
   async #reread (): Promise<void> {
     await this.#o.sync?.refresh().catch((err: unknown) => { this.#o.log.debug({ err }, 'reading a change back failed; the poll will catch up') })
   }
+}
+
+const FENCE_RELEASES: Record<FenceRelease, string> = {
+  caught_up: 'the reverse sync caught up past the fence',
+  restored: 'the data rollback restored the data (signal:data_restored holds the fence id)',
+  timeout: 'the fence timed out before the reverse sync caught up (onTimeout: release)',
+  operator: 'released by an operator'
 }
 
 /** How an operator does the next thing, in the words of where the command came from. */

@@ -3,7 +3,7 @@ import type { Actor } from './audit.ts'
 import { postWebhook } from './webhook.ts'
 
 /** The actions operators hear about. */
-export type NotifyAction = 'trip' | 'rollback' | 'resume' | 'freeze' | 'unfreeze'
+export type NotifyAction = 'trip' | 'rollback' | 'resume' | 'freeze' | 'unfreeze' | 'way_back' | 'fence' | 'fence_release' | 'fence_hold' | 'fence_timeout' | 'rollback_refused'
 
 export interface NotifyEvent {
   action: NotifyAction
@@ -15,6 +15,8 @@ export interface NotifyEvent {
   at: number
   /** This instance's rollback is not yet in Redis. */
   pending?: boolean
+  /** The fence this event is about. */
+  fence?: string
 }
 
 export interface NotifyOptions {
@@ -32,7 +34,13 @@ const WHAT: Record<NotifyAction, string> = {
   rollback: 'rolled back: everyone is on legacy',
   resume: 'resumed: the rollout follows its percentage again',
   freeze: 'ramp frozen: raises of the percentage are refused',
-  unfreeze: 'ramp freeze lifted'
+  unfreeze: 'ramp freeze lifted',
+  way_back: 'the way back changed',
+  fence: 'writes fenced: the moving cohort\'s writes are held until legacy has their data',
+  fence_release: 'fence lifted: the moving cohort writes to legacy again',
+  fence_hold: 'fence timed out and is held: writes stay refused until "dbshift fence release"',
+  fence_timeout: 'UNSAFE: fence released on timeout before the reverse sync caught up; writes may be missing on legacy',
+  rollback_refused: 'no way back: the guards froze the ramp instead of rolling back'
 }
 
 /**
@@ -55,7 +63,7 @@ export class Notifier {
     const at = new Date(event.at).toISOString()
     const level = event.level === undefined ? '' : ` (${event.level})`
     const text = `dbshift ${rollout}: ${WHAT[event.action]}${level}${event.reason === '' ? '' : ` — ${event.reason}`}; by ${event.actor.by} (${event.actor.source})${event.pending === true ? '; not yet written to Redis' : ''}`
-    const payload = { text, event: event.action, rollout, level: event.level ?? null, reason: event.reason, by: event.actor.by, source: event.actor.source, at }
+    const payload = { text, event: event.action, rollout, level: event.level ?? null, reason: event.reason, by: event.actor.by, source: event.actor.source, at, ...(event.fence === undefined ? {} : { fence: event.fence }) }
     const sent = postWebhook(url, payload, `${rollout}:${event.action}:${event.at}:${event.actor.by}`, {
       timeoutMs: this.#o.timeoutMs,
       retries: this.#o.retries,

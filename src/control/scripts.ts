@@ -23,15 +23,24 @@ local function announce(action, value)
 end
 `
 
-/** KEYS: audit, percent, freeze, state. ARGV: percent, initial percent. Returns {1 set | 0 refused (frozen) | 2 unchanged, old, frozen reason, state}. */
+/**
+ * KEYS: audit, percent, freeze, state, way_back. ARGV: percent, initial percent, why the way back is not ready
+ * ('' = ready). Returns {1 set | 0 refused (frozen) | 3 refused (way back not ready) | 2 unchanged, old, reason,
+ * state}. A raise is refused while frozen, and in reverse_sync while the reverse lag is unknown or too high.
+ */
 const SET_PERCENT = `
 local old = redis.call('GET', KEYS[2])
 local state = redis.call('GET', KEYS[4]) or ''
 if old and tonumber(old) == tonumber(ARGV[7]) then return {2, old, '', state} end
-if redis.call('EXISTS', KEYS[3]) == 1 and tonumber(ARGV[7]) > (tonumber(old or ARGV[8]) or 0) then
+local raise = tonumber(ARGV[7]) > (tonumber(old or ARGV[8]) or 0)
+if redis.call('EXISTS', KEYS[3]) == 1 and raise then
   local frozen = redis.call('GET', KEYS[3]) or ''
   audit('set_percent_refused', old or '', ARGV[7], nil, 'the ramp is frozen: ' .. frozen)
   return {0, old or '', frozen, state}
+end
+if raise and ARGV[9] ~= '' and redis.call('GET', KEYS[5]) == 'reverse_sync' then
+  audit('set_percent_refused', old or '', ARGV[7], nil, 'the way back is not ready: ' .. ARGV[9])
+  return {3, old or '', ARGV[9], state}
 end
 redis.call('SET', KEYS[2], ARGV[7])
 audit('set_percent', old or '', ARGV[7])
@@ -40,15 +49,16 @@ return {1, old or '', '', state}
 `
 
 /**
- * KEYS: audit, dial (write_percent or a route's dial), freeze, percent. ARGV: new value ('' deletes the dial, which
- * then follows percent), action, initial percent, then extra audit name/value pairs. A raise above what the dial
- * gives now (its value, or percent when it has none) is refused while the ramp is frozen.
- * Returns {1 set | 0 refused (frozen) | 2 unchanged, old, frozen reason}.
+ * KEYS: audit, dial (write_percent or a route's dial), freeze, percent, way_back. ARGV: new value ('' deletes the
+ * dial, which then follows percent), action, initial percent, why the way back is not ready ('' = it is), then extra
+ * audit name/value pairs. A raise above what the dial gives now (its value, or percent when it has none) is refused
+ * while the ramp is frozen, and in reverse_sync while the way back is not ready.
+ * Returns {1 set | 0 refused (frozen) | 3 refused (way back) | 2 unchanged, old, the reason}.
  */
 const SET_DIAL = `
 local old = redis.call('GET', KEYS[2])
 local extra = {}
-for i = 10, #ARGV do extra[#extra + 1] = ARGV[i] end
+for i = 11, #ARGV do extra[#extra + 1] = ARGV[i] end
 if ARGV[7] == '' then
   if not old then return {2, '', ''} end
   redis.call('DEL', KEYS[2])
@@ -58,10 +68,15 @@ if ARGV[7] == '' then
 end
 if old and tonumber(old) == tonumber(ARGV[7]) then return {2, old, ''} end
 local before = tonumber(old or redis.call('GET', KEYS[4]) or ARGV[9]) or 0
-if redis.call('EXISTS', KEYS[3]) == 1 and tonumber(ARGV[7]) > before then
+local raise = tonumber(ARGV[7]) > before
+if redis.call('EXISTS', KEYS[3]) == 1 and raise then
   local frozen = redis.call('GET', KEYS[3]) or ''
   audit(ARGV[8] .. '_refused', old or '', ARGV[7], extra, 'the ramp is frozen: ' .. frozen)
   return {0, old or '', frozen}
+end
+if raise and ARGV[10] ~= '' and redis.call('GET', KEYS[5]) == 'reverse_sync' then
+  audit(ARGV[8] .. '_refused', old or '', ARGV[7], extra, 'the way back is not ready: ' .. ARGV[10])
+  return {3, old or '', ARGV[10]}
 end
 redis.call('SET', KEYS[2], ARGV[7])
 audit(ARGV[8], old or '', ARGV[7], extra)
@@ -69,19 +84,88 @@ announce(ARGV[8], ARGV[7])
 return {1, old or '', ''}
 `
 
-/** KEYS: audit, state, trip. ARGV: level, trip time (ISO). Returns 1, or 0 when it already was rolled back. */
+/**
+ * KEYS: audit, state, trip, way_back, fence, percent. ARGV: level, trip time (ISO), force (1|''), fence id,
+ * fence deadline (ISO), the cohort's percentage ('' = the percent key's), initial percent, fenced here already
+ * (1|''). With no way back (`none`) and no force, nothing is written. In reverse_sync, on an L3 trip in every
+ * mode, and when the instance already fences locally (a rollback made while Redis was away), the rollback
+ * engages the fence on the moving cohort (those under the percentage before it) in the same step. Returns
+ * {1 | 0 already rolled back | -1 refused, the mode, the fence id ('' = no fence engaged)}.
+ */
 const ROLLBACK = `
+local mode = redis.call('GET', KEYS[4]) or 'dual_write'
+if mode == 'none' and ARGV[9] ~= '1' then
+  audit('rollback_refused', redis.call('GET', KEYS[2]) or 'active', 'rolled_back', {'level', ARGV[7]}, 'way back: none (a rollback needs force): ' .. REASON)
+  return {-1, mode, ''}
+end
 local old = redis.call('GET', KEYS[2])
-if old == 'rolled_back' then return 0 end
+if old == 'rolled_back' then return {0, mode, ''} end
 redis.call('SET', KEYS[2], 'rolled_back')
 redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[3], 'level', ARGV[7], 'reason', REASON, 'at', ARGV[8], 'by', BY)
 audit('rollback', old or 'active', 'rolled_back', {'level', ARGV[7]})
 announce('rollback', ARGV[7])
+local fence = ''
+if ARGV[7] == 'L3' or mode == 'reverse_sync' or ARGV[14] == '1' then
+  if redis.call('EXISTS', KEYS[5]) == 0 then
+    local deadline = ARGV[11]
+    if ARGV[7] == 'L3' then deadline = '' end
+    local percent = ARGV[12]
+    if percent == '' then percent = redis.call('GET', KEYS[6]) or ARGV[13] end
+    redis.call('HSET', KEYS[5], 'id', ARGV[10], 'level', ARGV[7], 'reason', REASON, 'at', ARGV[8], 'deadline', deadline, 'percent', percent)
+    audit('fence', '', ARGV[10], {'level', ARGV[7]})
+    announce('fence', ARGV[10])
+    fence = ARGV[10]
+  end
+end
+return {1, mode, fence}
+`
+
+/** KEYS: audit, way_back. ARGV: mode. Returns {1 | 0 unchanged, old}. Setting dual_write deletes the key (its default). */
+const WAY_BACK = `
+local old = redis.call('GET', KEYS[2]) or 'dual_write'
+if old == ARGV[7] then return {0, old} end
+if ARGV[7] == 'dual_write' then redis.call('DEL', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[7]) end
+audit('way_back', old, ARGV[7])
+announce('way_back', ARGV[7])
+return {1, old}
+`
+
+/**
+ * KEYS: audit, fence, percent. ARGV: fence id, level, at (ISO), initial percent. A fence with no rollback (an L3
+ * trip when there is no way back). Returns 1, or 0 when a fence is already in force.
+ */
+const FENCE = `
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], 'id', ARGV[7], 'level', ARGV[8], 'reason', REASON, 'at', ARGV[9], 'deadline', '', 'percent', redis.call('GET', KEYS[3]) or ARGV[10])
+audit('fence', '', ARGV[7], {'level', ARGV[8]})
+announce('fence', ARGV[7])
 return 1
 `
 
-/** KEYS: audit, state, trip, armed. Returns 1, or 0 when it was not rolled back. The re-arm time is the resume's. */
+/** KEYS: audit, fence. ARGV: fence id ('' = whichever is in force), how (caught_up | restored | timeout | operator). Returns {1 | 0 not in force, id}. */
+const FENCE_RELEASE = `
+local id = redis.call('HGET', KEYS[2], 'id')
+if not id or (ARGV[7] ~= '' and id ~= ARGV[7]) then return {0, ''} end
+redis.call('DEL', KEYS[2])
+audit('fence_release', id, '', {'how', ARGV[8]})
+announce('fence_release', id)
+return {1, id}
+`
+
+/** KEYS: audit, fence. ARGV: fence id. A timed-out fence kept (onTimeout: hold), recorded once. Returns 1, or 0. */
+const FENCE_HOLD = `
+if redis.call('HGET', KEYS[2], 'id') ~= ARGV[7] then return 0 end
+if redis.call('HSETNX', KEYS[2], 'held', AT) == 0 then return 0 end
+audit('fence_hold', ARGV[7], ARGV[7])
+announce('fence_hold', ARGV[7])
+return 1
+`
+
+/**
+ * KEYS: audit, state, trip, armed, fence. Returns 1, or 0 when it was not rolled back. The re-arm time is the
+ * resume's. A fence of the rollback goes with it: the cohort is back on migrated, which has its data.
+ */
 const RESUME = `
 local old = redis.call('GET', KEYS[2])
 if old ~= 'rolled_back' then return 0 end
@@ -89,6 +173,11 @@ redis.call('SET', KEYS[2], 'active')
 redis.call('DEL', KEYS[3])
 redis.call('SET', KEYS[4], AT)
 audit('resume', old, 'active')
+local fence = redis.call('HGET', KEYS[5], 'id')
+if fence then
+  redis.call('DEL', KEYS[5])
+  audit('fence_release', fence, '', {'how', 'resume'})
+end
 announce('resume', 'active')
 return 1
 `
@@ -123,18 +212,21 @@ return 1
 /** KEYS: audit. ARGV: action, old, new, then extra name/value pairs. An entry and nothing else (no event). */
 const RECORD = `
 local extra = {}
-for i = 10, #ARGV do extra[#extra + 1] = ARGV[i] end
+for i = 11, #ARGV do extra[#extra + 1] = ARGV[i] end
 audit(ARGV[7], ARGV[8], ARGV[9], extra)
 return 1
 `
 
 /**
- * KEYS: audit, claim, armed. ARGV: claimant, claim ms, key name, old, new, re-arm (1|0). A change made by hand:
+ * KEYS: audit, claim, armed. ARGV: claimant, claim ms, key name, old, new, re-arm (1|0), way-back warning ('').
+ * A change made by hand:
  * the first instance to claim it records it (and, for a resume, the re-arm time); the others find it claimed.
  */
 const HAND_CHANGE = `
 if not redis.call('SET', KEYS[2], ARGV[7], 'PX', ARGV[8], 'NX') then return 0 end
-audit('hand_set', ARGV[10], ARGV[11], {'key', ARGV[9]})
+local extra = {'key', ARGV[9]}
+if (ARGV[13] or '') ~= '' then extra = {'key', ARGV[9], 'way_back', ARGV[13]} end
+audit('hand_set', ARGV[10], ARGV[11], extra)
 if ARGV[12] == '1' then redis.call('SET', KEYS[3], AT) end
 return 1
 `
@@ -207,10 +299,14 @@ return 1
 
 /** Every script: its own keys (the audit stream not counted) and whether it takes the audit header. */
 const SCRIPTS = {
-  dbshiftSetPercent: { keys: 3, lua: SET_PERCENT, audited: true },
-  dbshiftSetDial: { keys: 3, lua: SET_DIAL, audited: true },
-  dbshiftRollback: { keys: 2, lua: ROLLBACK, audited: true },
-  dbshiftResume: { keys: 3, lua: RESUME, audited: true },
+  dbshiftSetPercent: { keys: 4, lua: SET_PERCENT, audited: true },
+  dbshiftSetDial: { keys: 4, lua: SET_DIAL, audited: true },
+  dbshiftRollback: { keys: 5, lua: ROLLBACK, audited: true },
+  dbshiftWayBack: { keys: 1, lua: WAY_BACK, audited: true },
+  dbshiftFence: { keys: 2, lua: FENCE, audited: true },
+  dbshiftFenceRelease: { keys: 1, lua: FENCE_RELEASE, audited: true },
+  dbshiftFenceHold: { keys: 1, lua: FENCE_HOLD, audited: true },
+  dbshiftResume: { keys: 4, lua: RESUME, audited: true },
   dbshiftFreeze: { keys: 1, lua: FREEZE, audited: true },
   dbshiftUnfreeze: { keys: 1, lua: UNFREEZE, audited: true },
   dbshiftMember: { keys: 1, lua: MEMBER, audited: true },

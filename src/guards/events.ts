@@ -8,6 +8,8 @@ import type { RedisClient } from '../rollout/redis.ts'
 import type { RolloutStore, Trip } from '../rollout/store.ts'
 import type { RolloutSync } from '../rollout/sync.ts'
 import type { TrafficWindow } from '../traffic/window.ts'
+import type { Router } from '../routing/decide.ts'
+import type { ReverseLag } from '../rollout/way-back.ts'
 import type { Verdict } from './error-rate.ts'
 import type { FleetTotals } from './fleet-counts.ts'
 
@@ -24,6 +26,10 @@ export interface GuardContext {
   metrics: Metrics
   log: Logger
   now: () => number
+  /** Decides who the moving cohort of a fence is. */
+  router: Router
+  /** The reverse lag readings, shared with the command layer's raise gate. */
+  reverseLag: ReverseLag
 }
 
 /** One L1 evaluation: what was counted, where from, and the verdict. */
@@ -41,6 +47,10 @@ export interface GuardEvents {
   evaluated: [evaluation: L1Evaluation]
   /** A guard rolled the rollout back (or found it already rolled back: `joined`). */
   trip: [trip: Trip, outcome: TripOutcome]
+  /** With no way back, a guard froze the ramp instead of rolling back. */
+  frozenInstead: [level: 'L1' | 'L3', reason: string]
+  /** The fence on the moving cohort's writes was lifted (how) or held on timeout. */
+  fence: [what: 'released' | 'held', id: string, how: string]
   /** A guard in dry-run mode would have tripped. */
   dryRun: [level: 'L1' | 'L2' | 'L3', reason: string]
   /** The signal keys were read (key → value, null when missing). */

@@ -98,7 +98,7 @@ export class ShadowGuard {
     }
     if (this.#signal === text && this.#rules.dryRun) return
     this.#signal = text
-    if (this.#ctx.sync.current.rolledBack) return
+    if (this.#ctx.sync.current.rolledBack || this.#ctx.sync.current.fence?.level === 'L3') return
     this.#decide(`external signal ${this.#ctx.store.keys.inconsistentSignal} = ${JSON.stringify(text)}`, { signal: text })
   }
 
@@ -158,10 +158,11 @@ export class ShadowGuard {
       this.#dryRunTripped = true
       return dryRunTrip(this.#ctx, this.#events, 'L3', reason, detail)
     }
-    this.#track(tripRollout(this.#ctx, this.#events, 'L3', reason, detail).then(async ({ trip, outcome }) => {
+    this.#track(tripRollout(this.#ctx, this.#events, 'L3', reason, detail).then(async ({ trip, outcome, fence }) => {
       const url = this.#rules.webhookUrl
       if (url === undefined || outcome === 'joined') return // whoever made the rollback calls it: once, not per instance
-      const payload = { event: 'rollback', rollout: this.#ctx.config.rollout.name, ...trip }
+      // The fence id: the data-rollback job writes it to signal:data_restored when the data is back, which lifts the fence.
+      const payload = { event: outcome === 'frozen' ? 'freeze' : 'rollback', rollout: this.#ctx.config.rollout.name, ...trip, fence: fence ?? this.#ctx.sync.current.fence?.id ?? null }
       const result = await postWebhook(url, payload, `${this.#ctx.config.rollout.name}:${trip.at}:${trip.by}`, {
         timeoutMs: this.#rules.webhookTimeoutMs,
         retries: this.#rules.webhookRetries,

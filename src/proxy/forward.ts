@@ -1,12 +1,12 @@
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import type { Dispatcher } from 'undici'
 import type { Logger, LevelWithSilent } from 'pino'
-import { BadRequestError, FeaturePausedError, OverloadedError, UpstreamBusyError, UriTooLongError } from '../errors.ts'
+import { BadRequestError, FeaturePausedError, OverloadedError, UpstreamBusyError, UriTooLongError, WritesFencedError } from '../errors.ts'
 import type { Metrics } from '../metrics.ts'
 import type { Decision, Router, Version } from '../routing/decide.ts'
 import { normalisePath as routePath } from '../routing/path.ts'
 import type { ReadYourWrites } from '../routing/read-your-writes.ts'
-import { classOf, DEFAULT_ROUTE, type RouteTable } from '../routing/routes.ts'
+import { classOf, DEFAULT_ROUTE, type RequestClass, type Route, type RouteTable } from '../routing/routes.ts'
 import { fromByteString, headerCount, type UserKeyReader } from '../routing/user-key.ts'
 import type { RolloutSnapshot } from '../rollout/snapshot.ts'
 import type { TrafficWindow } from '../traffic/window.ts'
@@ -34,6 +34,8 @@ export interface ForwardHooks {
   pausedFor?: (url: string) => number
   /** A tap for this exchange when it is sampled for shadow comparison. */
   tap?: (req: IncomingMessage, decision: Decision) => ResponseTap | undefined
+  /** Seconds to put in Retry-After when this request is a write the fence holds (the way back), or 0. */
+  fenced?: (cls: RequestClass, route: Route, key: string | undefined) => number
 }
 
 export interface ForwarderDeps {
@@ -152,6 +154,8 @@ export function createForwarder (deps: ForwarderDeps): (req: IncomingMessage, re
     if (typeof matched !== 'string') return refuse(req, res, matched.message)
     const route = deps.routes?.match(req.method, matched) ?? DEFAULT_ROUTE
     const cls = classOf(req.method, route)
+    // Everything after this point (the L2 routes, the L3 shadow request, the request log) sees the rewritten target.
+    if (path !== url) req.url = path
 
     const key = deps.keyReader.read(req.headers, req.rawHeaders)
     const ryw = deps.readYourWrites
@@ -163,6 +167,11 @@ export function createForwarder (deps: ForwarderDeps): (req: IncomingMessage, re
       metrics.recordRequest(decision.version, 503, 0)
       metrics.recordRefused('paused')
       return sendError(res, new FeaturePausedError(), decision.version, { 'retry-after': String(retryAfter) })
+    }
+    const fencedFor = deps.hooks?.fenced?.(cls, route, key) ?? 0
+    if (fencedFor > 0) {
+      metrics.recordRefused('fenced')
+      return sendError(res, new WritesFencedError(), decision.version, { 'retry-after': String(fencedFor) })
     }
     inFlight++
     socket[BUSY] = true
@@ -245,6 +254,9 @@ class Exchange implements Dispatcher.DispatchHandler, Waiting {
   /** performance.now() when the client's body had all arrived (a slow upload is not a stuck upstream). */
   #bodyDoneAt = 0
   #stallTimer: NodeJS.Timeout | undefined
+  #stallArmed = false
+  /** performance.now() when the client's socket last pushed back (0: it is reading). */
+  #pausedAt = 0
 
   constructor (req: IncomingMessage, res: ServerResponse, deps: ForwarderDeps, decision: Decision, pool: UpstreamPool, tap: ResponseTap | undefined, waiting: WaitingList, release: (socket: ClientSocket) => void) {
     this.#req = req
@@ -344,17 +356,27 @@ class Exchange implements Dispatcher.DispatchHandler, Waiting {
     this.#tap?.onData(chunk)
     if (!this.#res.write(chunk)) {
       controller.pause()
+      this.#pausedAt = performance.now()
       this.#res.once('drain', () => {
-        if (this.#stallTimer !== undefined) clearTimeout(this.#stallTimer)
+        this.#pausedAt = 0
         controller.resume()
       })
+      // One timer for the exchange, armed at the first pause: it re-arms itself while the client keeps pausing.
       if (this.#stallTimer === undefined) this.#stallTimer = setTimeout(clientStalled, this.#deps.writeTimeoutMs, this)
-      else this.#stallTimer.refresh()
+      else if (!this.#stallArmed) this.#stallTimer.refresh()
+      this.#stallArmed = true
     }
   }
 
   stalled (): void {
-    if (this.#finished) return
+    this.#stallArmed = false
+    if (this.#finished || this.#pausedAt === 0) return // it read again since
+    const pausedFor = performance.now() - this.#pausedAt
+    if (pausedFor < this.#deps.writeTimeoutMs) {
+      this.#stallTimer?.refresh() // paused again since: judge that pause in full
+      this.#stallArmed = true
+      return
+    }
     this.#clientStalled = true
     this.#deps.log.debug({ version: this.#decision.version, url: this.#req.url }, 'the client read nothing for server.writeTimeoutMs; the answer is cut')
     this.#controller?.abort(new Error('the client stopped reading'))
@@ -419,9 +441,17 @@ class Exchange implements Dispatcher.DispatchHandler, Waiting {
     return failure.reason === 'reset' && this.#status === 0 && this.#attempt === 1
   }
 
-  /** The key the distinct-users rule counts: the user key, or the client address for anonymous requests. */
+  /**
+   * The key the distinct-users rule counts: the user key, or for an anonymous request the client's address (behind
+   * a trusted proxy, the address it forwarded: the last X-Forwarded-For entry). Only computed for failures.
+   */
   #failingUser (): string {
-    return this.user ?? this.#req.socket?.remoteAddress ?? ''
+    if (this.user !== undefined) return this.user
+    const remote = this.#req.socket?.remoteAddress ?? ''
+    const forwarded = this.#req.headers['x-forwarded-for']
+    if (forwarded === undefined || this.#deps.headers.trusted?.(remote) !== true) return remote
+    const list = String(forwarded)
+    return list.slice(list.lastIndexOf(',') + 1).trim() || remote
   }
 
   #record (isError: boolean): void {

@@ -22,6 +22,14 @@ export class RolloutKeys {
   readonly inconsistentSignal: string
   /** A hash of instance id → JSON heartbeat; each field carries its own expiry in the value. */
   readonly instances: string
+  /** How the data gets back to legacy on a rollback: dual_write (missing), reverse_sync or none. */
+  readonly wayBack: string
+  /** How many seconds the reverse sync (migrated → legacy) is behind, written by the team's monitor with an expiry. */
+  readonly reverseLagSignal: string
+  /** The id of the fence whose data the data-rollback job (started by the L3 webhook) has restored. */
+  readonly dataRestoredSignal: string
+  /** A hash (id, level, reason, at, deadline, percent, held) present while the moving cohort's writes are fenced. */
+  readonly fence: string
   readonly schedule: string
   readonly scheduleLease: string
 
@@ -42,6 +50,10 @@ export class RolloutKeys {
     this.dbLoadSignal = `${this.#base}:signal:db_load`
     this.inconsistentSignal = `${this.#base}:signal:inconsistent`
     this.instances = `${this.#base}:instances`
+    this.wayBack = `${this.#base}:way_back`
+    this.reverseLagSignal = `${this.#base}:signal:reverse_lag`
+    this.dataRestoredSignal = `${this.#base}:signal:data_restored`
+    this.fence = `${this.#base}:fence`
     this.schedule = `${this.#base}:schedule`
     this.scheduleLease = `${this.#base}:schedule:lease`
   }

@@ -1,6 +1,7 @@
 import type { RedisClient } from './redis.ts'
 import type { RolloutKeys } from './keys.ts'
-import { parsePercent, parseStateName, PERCENT_RULE, STATE_RULE, type RolloutStateName } from './values.ts'
+import { parsePercent, parseStateName, parseWayBack, PERCENT_RULE, STATE_RULE, WAY_BACK_RULE, type RolloutStateName, type WayBackMode } from './values.ts'
+import { FENCE_RULE, parseFence, type Fence } from './way-back.ts'
 import { InvalidValueError } from '../errors.ts'
 import { MAX_KEY_BYTES } from '../routing/user-key.ts'
 
@@ -34,9 +35,13 @@ export interface SharedRollout {
   armedAt: number
   /** Why the L2 guard froze the ramp (raises are refused), or null. */
   freeze: string | null
-  found: { percent: ValueSource, state: ValueSource, writePercent: ValueSource }
+  found: { percent: ValueSource, state: ValueSource, writePercent: ValueSource, wayBack: ValueSource, fence: ValueSource }
   /** Route dials whose value was invalid (ignored): the instance keeps its last valid value for them. */
   invalidRoutes: string[]
+  /** How the data gets back to legacy (missing: dual_write). */
+  wayBack: WayBackMode
+  /** The fence on the moving cohort's writes, or undefined. */
+  fence: Fence | undefined
   /** The dials' raw text (null = missing): what a change made by hand wrote; `others` as in otherDialKeys. */
   raw: { percent: string | null, state: string | null, others: ReadonlyArray<string | null> }
   /** The write dial and the route dials as one string: the poll compares it to see whether they moved. */
@@ -93,6 +98,8 @@ export class RolloutStore {
       .get(k.armed)
       .get(k.freeze)
       .mget(...this.otherDialKeys)
+      .get(k.wayBack)
+      .hgetall(k.fence)
       .exec()
     const invalid: InvalidValue[] = []
     const value = (index: number, key: string): unknown => {
@@ -113,7 +120,7 @@ export class RolloutStore {
     const freeze = value(6, k.freeze) as string | null
     const otherTexts = (value(7, k.writePercent) as Array<string | null> | null) ?? []
 
-    const found: SharedRollout['found'] = { percent: 'missing', state: 'missing', writePercent: 'missing' }
+    const found: SharedRollout['found'] = { percent: 'missing', state: 'missing', writePercent: 'missing', wayBack: 'missing', fence: 'missing' }
     const dial = (index: number): { value: number | undefined, source: ValueSource } => {
       const text = otherTexts[index] ?? null
       if (text === null) return { value: undefined, source: 'missing' }
@@ -130,6 +137,21 @@ export class RolloutStore {
       if (value !== undefined) routePercent.set(route, value)
       if (source === 'invalid') invalidRoutes.push(route)
     })
+    const wayBackText = value(8, k.wayBack) as string | null
+    const fenceHash = value(9, k.fence) as Record<string, string> | null
+
+    let wayBack: WayBackMode | undefined
+    if (wayBackText !== null) {
+      wayBack = parseWayBack(wayBackText)
+      found.wayBack = wayBack === undefined ? 'invalid' : 'set'
+      if (wayBack === undefined) invalid.push({ key: k.wayBack, value: wayBackText, rule: WAY_BACK_RULE })
+    }
+    const parsedFence = parseFence(fenceHash)
+    if (parsedFence.fence !== undefined) found.fence = 'set'
+    if (parsedFence.problem !== undefined) {
+      found.fence = 'invalid'
+      invalid.push({ key: k.fence, value: parsedFence.problem, rule: FENCE_RULE })
+    }
     let percent: number | undefined
     if (percentText !== null) {
       percent = parsePercent(percentText)
@@ -158,6 +180,8 @@ export class RolloutStore {
       deny,
       armedAt,
       freeze,
+      wayBack: wayBack ?? 'dual_write',
+      fence: parsedFence.fence,
       found,
       raw: { percent: percentText, state: stateText, others: this.otherDialKeys.map((_, i) => otherTexts[i] ?? null) },
       invalid
@@ -172,6 +196,25 @@ export class RolloutStore {
       if (!(err instanceof Error) || !err.message.includes('WRONGTYPE')) throw err
       throw new InvalidValueError(wrongTypeMessage(this.keys[set]), { cause: err })
     }
+  }
+
+  /** The signal keys the guards poll (one MGET) and the PTTL of `ttlKeys`, in one round trip. */
+  async readSignals (keys: string[], ttlKeys: string[]): Promise<{ values: Array<string | null>, ttls: Map<string, number> }> {
+    if (ttlKeys.length === 0) return { values: await this.#redis.mget(...keys), ttls: new Map() }
+    const pipeline = this.#redis.pipeline().mget(...keys)
+    for (const key of ttlKeys) pipeline.pttl(key)
+    const results = await pipeline.exec() ?? []
+    for (const [err] of results) if (err !== null) throw err
+    const ttls = new Map<string, number>()
+    ttlKeys.forEach((key, i) => ttls.set(key, results[i + 1]?.[1] as number))
+    return { values: results[0]?.[1] as Array<string | null>, ttls }
+  }
+
+  /** The reverse lag key and its PTTL, for a command with no poll of its own (the `dbshift` command). */
+  async readReverseLag (): Promise<{ text: string | null, ttlMs: number }> {
+    const results = await this.#redis.pipeline().get(this.keys.reverseLagSignal).pttl(this.keys.reverseLagSignal).exec()
+    const [[, text], [, ttl]] = results as Array<[Error | null, unknown]> as [[Error | null, string | null], [Error | null, number]]
+    return { text, ttlMs: ttl }
   }
 
   /** The newest audit entries, newest first. */

@@ -4,12 +4,15 @@ import { every, Listeners, type Periodic } from '../background.ts'
 import { isReady, type RedisClient } from './redis.ts'
 import { dialOf, otherDialsOf, WRONG_TYPE, type InvalidValue, type RolloutStore, type SharedRollout, type Trip } from './store.ts'
 import { initialSnapshot, nextSnapshot, rolledBack, sameSnapshot, type RolloutSnapshot } from './snapshot.ts'
+import type { Fence } from './way-back.ts'
 
 type RawDials = SharedRollout['raw']
 
 /** A local rollback waiting to be written: the trip, and the command that writes it (true when it changed Redis). */
 interface PendingRollback {
   trip: Trip
+  /** The fence it engages on the moving cohort's writes (reverse_sync, or L3). */
+  fence: Fence | undefined
   write: () => Promise<boolean>
 }
 
@@ -169,9 +172,9 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
    * Routes everyone to legacy on this instance now, then writes the rollback to Redis (at once if it can,
    * else on every poll until it succeeds). Returns true when Redis already has it.
    */
-  async rollbackLocally (trip: Trip, write: () => Promise<boolean>): Promise<boolean> {
-    this.#pendingRollback = { trip, write }
-    this.#apply(rolledBack(this.#current, trip))
+  async rollbackLocally (trip: Trip, write: () => Promise<boolean>, fence?: Fence): Promise<boolean> {
+    this.#pendingRollback = { trip, fence, write }
+    this.#apply(rolledBack(this.#current, trip, fence))
     try {
       await this.refresh()
       // A read already in flight began before this rollback was queued and did not write it: one more does.
@@ -216,7 +219,7 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
     if (wrongType(k.deny)) shared.deny = [...this.#current.deny]
     let next = nextSnapshot(this.#current, shared)
     const stillPending = this.#pendingRollback as typeof pending
-    if (stillPending !== undefined) next = rolledBack(next, stillPending.trip)
+    if (stillPending !== undefined) next = rolledBack(next, stillPending.trip, stillPending.fence)
     this.#apply(next)
   }
 

@@ -145,6 +145,13 @@ export class ScheduleRunner {
       if (schedule.bakeFrom === null && schedule.note === note) return
       return await write({ ...schedule, bakeFrom: null, note }, 'schedule_hold', `${note}; the bake restarts when the freeze ends`)
     }
+    const notReady = await control.raiseRefusal()
+    if (notReady !== '') {
+      // A step would raise the dial: in reverse_sync it waits, and its bake starts again once the lag is low.
+      const note = 'waiting for the way back: the reverse lag is unknown or above guards.wayBack.maxLagSeconds'
+      if (schedule.bakeFrom === null && schedule.note === note) return
+      return await write({ ...schedule, bakeFrom: null, note }, 'schedule_hold', `${note} (${notReady}); the bake restarts when it is low`)
+    }
     if (schedule.step < 0) return await this.#take(schedule, dial, writeDial, now, write)
     const step = schedule.steps[schedule.step]
     if (step === undefined) return

@@ -115,9 +115,11 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     now,
     failures: metrics.backgroundErrors.labels('rollout_poll')
   }, log)
-  metrics.rolloutPercent.set(sync.current.percent)
+  // One route table, replaced in place by a reload: the forwarder, the WebSocket handshakes and /which share it.
+  const routes = new RouteTable(config.routes)
+  metrics.showDials(sync.current, routes.routes)
   sync.on('change', (next, previous) => {
-    metrics.rolloutPercent.set(next.percent)
+    metrics.showDials(next, routes.routes)
     metrics.rolledBack.set(next.rolledBack ? 1 : 0)
     log.info({ percent: next.percent, state: next.state, trip: next.trip, allow: next.allow.size, deny: next.deny.size, previous: { percent: previous.percent, state: previous.state } }, 'rollout state changed')
   })
@@ -164,8 +166,7 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
   const connections = new OpenConnections({ router, rollout: () => sync.current, metrics, log, spreadMs: config.server.reconnectSpreadMs })
   listeners.on(sync, 'change', (next: RolloutSnapshot) => { connections.reconsider(next) })
   const streams = new StreamTracker(connections, keyReader, guards.hooks.tap)
-  // One route table, replaced in place by a reload; the forwarder reads its deps per request (a reload sets readYourWrites).
-  const routes = new RouteTable(config.routes)
+  // The forwarder reads its deps per request (a reload sets readYourWrites).
   const readYourWrites = (windowMs: number): ReadYourWrites | undefined => windowMs === 0
     ? undefined
     : new ReadYourWrites({ windowMs, secret: config.rollout.cookieSecret, rollout: config.rollout.name, secure: config.tls !== undefined })
@@ -241,6 +242,9 @@ export async function buildApp (config: Config, deps: AppDeps): Promise<App> {
     connectTimeoutMs: config.upstream.connectTimeoutMs,
     headersTimeoutMs: config.upstream.headersTimeoutMs,
     pausedFor: guards.hooks.pausedFor,
+    routes,
+    get readYourWrites () { return forwardDeps.readYourWrites },
+    now,
     draining: () => draining,
     plain: forward
   }))

@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from 'prom-client'
-import { VERSIONS, type Version } from './routing/decide.ts'
-import { DEFAULT_ROUTE_NAME, REQUEST_CLASSES, type RequestClass } from './routing/routes.ts'
+import { readThreshold, VERSIONS, writeThreshold, type RoutingState, type Version } from './routing/decide.ts'
+import { DEFAULT_ROUTE_NAME, REQUEST_CLASSES, type RequestClass, type Route } from './routing/routes.ts'
 import { WAY_BACK_MODES } from './rollout/values.ts'
 
 /** Why a request to an upstream failed: the `reason` label of dbshift_upstream_errors_total. */
@@ -69,6 +69,8 @@ export class Metrics {
   readonly duration: Histogram<'version'>
   readonly upstreamErrors: Counter<'version' | 'reason'>
   readonly rolloutPercent: Gauge
+  readonly rolloutWritePercent: Gauge
+  readonly routePercent: Gauge<'route'>
   readonly rolledBack: Gauge
   readonly guardTrips: Counter<'level'>
   readonly guardThreshold: Gauge<'level'>
@@ -124,6 +126,8 @@ export class Metrics {
     })
     this.upstreamErrors = new Counter({ name: 'dbshift_upstream_errors_total', help: 'Requests whose upstream failed (refused, reset, timeout, ...), by version and reason.', labelNames: ['version', 'reason'], registers })
     this.rolloutPercent = new Gauge({ name: 'dbshift_rollout_percent', help: 'The rollout percentage in force on this instance.', registers, aggregator: 'max' })
+    this.rolloutWritePercent = new Gauge({ name: 'dbshift_rollout_write_percent', help: 'The write dial in force on this instance: min(write_percent, percent), percent while write_percent is missing.', registers, aggregator: 'max' })
+    this.routePercent = new Gauge({ name: 'dbshift_rollout_route_percent', help: 'The share of a configured route\'s reads sent to migrated on this instance: its dial (or percent), never below the write dial; 0 or 100 for a legacy or migrated route.', labelNames: ['route'], registers, aggregator: 'max' })
     this.rolledBack = new Gauge({ name: 'dbshift_rolled_back', help: '1 while the rollout is rolled back (everyone on legacy), else 0.', registers, aggregator: 'max' })
     this.guardTrips = new Counter({ name: 'dbshift_guard_trips_total', help: 'Automatic or manual rollbacks and guard actions, by level.', labelNames: ['level'], registers })
     this.guardThreshold = new Gauge({ name: 'dbshift_guard_threshold', help: 'The threshold in force for each guard level (error ratio, load or mismatch ratio; 0 = disabled).', labelNames: ['level'], registers, aggregator: 'first' })
@@ -175,6 +179,8 @@ export class Metrics {
       this.#refusedBy[reason] = child
     }
     this.rolloutPercent.set(0)
+    this.rolloutWritePercent.set(0)
+    for (const route of options.routes ?? []) this.routePercent.labels(route).set(0)
     this.rolledBack.set(0)
     this.redisUp.set(0)
     this.l2Paused.set(0)
@@ -188,6 +194,16 @@ export class Metrics {
     if (options.defaultMetrics !== false) {
       collectDefaultMetrics({ register: registry })
       for (const name of MISNAMED_DEFAULT_METRICS) registry.removeSingleMetric(name)
+    }
+  }
+
+  /** Shows the dials in force (the percentage, the write dial, each route's): called when the rollout changes. */
+  showDials (state: RoutingState, routes: readonly Route[]): void {
+    const writes = writeThreshold(state)
+    this.rolloutPercent.set(state.percent)
+    this.rolloutWritePercent.set(writes / 100)
+    for (const route of routes) {
+      this.routePercent.labels(route.name).set(route.mode === 'split' ? readThreshold(state, route, writes) / 100 : route.mode === 'migrated' ? 100 : 0)
     }
   }
 

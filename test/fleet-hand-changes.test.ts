@@ -77,3 +77,35 @@ test('the audit trail holds every change from every source: cli, api, guard, sch
   assert.ok(summary('schedule').includes('schedule_abort 15→15'), summary('schedule').join(', '))
   assert.deepEqual(summary('redis'), ['hand_set 15→12'])
 })
+
+test('a hand-made SET of the write dial or a route dial is audited once across the fleet, like the percentage; dbshift\'s own changes are not', async (t) => {
+  const redis = await startRedis(t)
+  const [legacy, migrated] = await Promise.all([startUpstream(t, 'legacy'), startUpstream(t, 'migrated')])
+  const routes = [{ name: 'reports', path: '/reports/**', mode: 'split' as const }]
+  const proxies = await Promise.all(['pod-a', 'pod-b'].map(async (instanceId) =>
+    await startProxy(t, testConfig(redis.url, legacy.url, migrated.url, { instanceId, routes }))))
+  const handSets = async (): Promise<Array<Record<string, string>>> => (await auditEntries(redis.client)).filter((e) => e.action === 'hand_set')
+
+  await proxies[0]?.app.control.setDial(undefined, 5, { by: 'alice', source: 'cli' })
+  await Promise.all(proxies.map(async (p) => await untilRollout(p.app, (s) => s.writePercent === 5)))
+  await redis.client.set('dbshift:{default}:write_percent', '10')
+  await Promise.all(proxies.map(async (p) => await untilRollout(p.app, (s) => s.writePercent === 10)))
+  await redis.client.set('dbshift:{default}:route:reports:percent', '2')
+  await Promise.all(proxies.map(async (p) => await untilRollout(p.app, (s) => s.routePercent.get('reports') === 2)))
+  await redis.client.del('dbshift:{default}:write_percent')
+  await Promise.all(proxies.map(async (p) => await untilRollout(p.app, (s) => s.writePercent === undefined)))
+  await until(async () => (await handSets()).length >= 3, 'three hand-made changes to be audited')
+  await proxies[0]?.app.control.setDial('reports', 3, { by: 'alice', source: 'cli' })
+  await Promise.all(proxies.map(async (p) => await untilRollout(p.app, (s) => s.routePercent.get('reports') === 3)))
+  // Both instances have seen dbshift's own change; give a wrong hand-made record the chance to appear, then check.
+  await Promise.all(proxies.map(async (p) => { await p.app.sync.refresh() }))
+
+  const recorded = await handSets()
+  assert.deepEqual(recorded.map((e) => [e.key, e.old, e.new, e.source]), [
+    ['write_percent', '5', '10', 'redis'],
+    ['route:reports:percent', '', '2', 'redis'],
+    ['write_percent', '10', '', 'redis']
+  ])
+  assert.match(recorded[0]?.reason ?? '', /^dbshift:\{default\}:write_percent changed outside dbshift; noticed by pod-[ab]$/)
+  assert.match(recorded[2]?.reason ?? '', /^dbshift:\{default\}:write_percent changed outside dbshift \(deleted\); noticed by pod-[ab]$/)
+})

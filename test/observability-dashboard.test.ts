@@ -85,6 +85,7 @@ test('every query of the Grafana dashboard reads only metrics dbshift exports', 
   assert.match(panel('Error rate by version'), /code=~"5\.\."/)
   assert.match(panel('Latency p50 and p99 by version'), /histogram_quantile\(0\.5,[^]*histogram_quantile\(0\.99,/)
   assert.match(panel('Rollout percentage and rollbacks'), /dbshift_rollout_percent[^]*dbshift_rolled_back/)
+  assert.match(panel('Write dial and route dials'), /dbshift_rollout_percent[^]*dbshift_rollout_write_percent[^]*max by \(route\) \(dbshift_rollout_route_percent/)
 })
 
 test('the rule file reads only metrics dbshift exports, its own recordings, and up', async () => {

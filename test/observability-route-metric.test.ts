@@ -3,6 +3,7 @@ import { test } from 'node:test'
 import { Registry } from 'prom-client'
 import { Metrics } from '../src/metrics.ts'
 import { RouteTable } from '../src/routing/routes.ts'
+import { startProxy, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
 
 const table = new RouteTable([
   { name: 'static', path: '/static/**', mode: 'legacy' },
@@ -46,4 +47,40 @@ test('without configured routes, only the default route is counted', async () =>
   const counted = await series(registry)
   assert.deepEqual([...counted.keys()].sort(), ['default/legacy/read', 'default/legacy/write', 'default/migrated/read', 'default/migrated/write'])
   assert.equal(counted.get('default/migrated/write'), 1)
+})
+
+test('the dials in force are exported: the write dial as it acts, and each route\'s share of reads', async (t) => {
+  const redis = await startRedis(t)
+  const [legacy, migrated] = await Promise.all([startUpstream(t, 'legacy'), startUpstream(t, 'migrated')])
+  const routes = [
+    { name: 'static', path: '/static/**', mode: 'legacy' as const },
+    { name: 'beta', path: '/beta/**', mode: 'migrated' as const },
+    { name: 'reports', path: '/reports/**', mode: 'split' as const },
+    { name: 'search', path: '/search', mode: 'split' as const }
+  ]
+  const { app, adminUrl } = await startProxy(t, testConfig(redis.url, legacy.url, migrated.url, { routes }))
+  const dials = async (): Promise<Record<string, string>> => {
+    const text = await (await fetch(`${adminUrl}/metrics`)).text()
+    return Object.fromEntries([...text.matchAll(/^(dbshift_rollout_(?:write_|route_)?percent(?:\{route="[^"]+"\})?) (\S+)$/gm)].map((m) => [m[1], m[2]]))
+  }
+  const operator = { by: 'alice', source: 'cli' } as const
+  await app.control.setPercent(50, operator)
+  await app.control.setDial(undefined, 5, operator)
+  await app.control.setDial('reports', 2, operator)
+  await untilRollout(app, (s) => s.writePercent === 5 && s.routePercent.get('reports') === 2)
+  assert.deepEqual(await dials(), {
+    dbshift_rollout_percent: '50',
+    dbshift_rollout_write_percent: '5',
+    'dbshift_rollout_route_percent{route="static"}': '0',
+    'dbshift_rollout_route_percent{route="beta"}': '100',
+    'dbshift_rollout_route_percent{route="reports"}': '5', // a route dial below the write dial does not hold back users whose writes are migrated
+    'dbshift_rollout_route_percent{route="search"}': '50'
+  })
+  // Missing, the write dial follows the percentage; above it, it changes nothing.
+  await app.control.setDial(undefined, 80, operator)
+  await untilRollout(app, (s) => s.writePercent === 80)
+  assert.equal((await dials()).dbshift_rollout_write_percent, '50')
+  await app.control.setDial(undefined, null, operator)
+  await untilRollout(app, (s) => s.writePercent === undefined)
+  assert.equal((await dials()).dbshift_rollout_write_percent, '50')
 })

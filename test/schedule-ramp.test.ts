@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { test, type TestContext } from 'node:test'
 import { buildApp, type App } from '../src/app.ts'
 import { parseSteps, type RampStep, type Schedule } from '../src/rollout/schedule.ts'
-import { captureLogs, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
+import { captureLogs, startProxy, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
 
 const MINUTE = 60_000
 const OPERATOR = { by: 'alice', source: 'cli' } as const
@@ -135,4 +135,68 @@ test('a guard in dry-run mode that would have tripped restarts the bake: the ste
   await untilRollout(app, (s) => s.percent === 5)
   const holds = (await app.store.audit(50)).filter((e) => e.fields.action === 'schedule_hold')
   assert.deepEqual(holds.map((e) => [e.fields.source, e.fields.reason]), [['guard', 'bake restarted: L1 dry-run alarm: migrated error rate 7% over 5m']], 'a repeated alarm is audited once')
+})
+
+test('a ramp that steps reads and writes: each step sets both dials with their own audit entries; a write dial moved by hand pauses it', async (t) => {
+  const redis = await startRedis(t)
+  const { app, clock } = await startClockedApp(t, redis.url, 'runner-1')
+  const { status } = await app.control.startRamp(steps(['5/0', '20/5', '50/5', '50/50'], '30m'), OPERATOR)
+  assert.equal(status, 'ok')
+
+  await untilRollout(app, (s) => s.percent === 5 && s.writePercent === 0)
+  clock.now += 30 * MINUTE
+  await untilRollout(app, (s) => s.percent === 20 && s.writePercent === 5)
+  clock.now += 30 * MINUTE
+  await untilRollout(app, (s) => s.percent === 50 && s.writePercent === 5)
+  assert.match((await untilSchedule(app, (s) => s.step === 2)).note, /^$/)
+
+  // Writes raised by hand while the step bakes: the schedule stops, as it does for the read dial.
+  await app.control.setDial(undefined, 10, OPERATOR)
+  const paused = await untilSchedule(app, (s) => s.status === 'paused')
+  assert.match(paused.note, /the write dial was moved to 10% outside the schedule \(it had set 5%\)/)
+  await app.control.controlRamp('continue', OPERATOR)
+  await untilSchedule(app, (s) => s.status === 'running' && s.bakeFrom !== null)
+  clock.now += 30 * MINUTE
+  await untilRollout(app, (s) => s.percent === 50 && s.writePercent === 50)
+  assert.equal((await untilSchedule(app, (s) => s.status === 'done')).step, 3)
+
+  const entries = (await app.store.audit(100)).reverse().map((e) => e.fields)
+  assert.deepEqual(entries.filter((f) => f.action === 'set_write_percent').map((f) => [f.old, f.new, f.source]), [
+    ['', '0', 'schedule'], ['0', '5', 'schedule'], ['5', '10', 'cli'], ['10', '50', 'schedule']
+  ], 'a step that leaves writes where they are writes no entry for them')
+})
+
+test('a ramp step that raises only writes is refused while frozen, like a raise by hand; the step waits for the freeze to end', async (t) => {
+  const redis = await startRedis(t)
+  const { app, clock } = await startClockedApp(t, redis.url, 'runner-1')
+  await app.control.startRamp(steps(['20/0', '20/5'], '30m'), OPERATOR)
+  await untilRollout(app, (s) => s.percent === 20 && s.writePercent === 0)
+  await app.control.freeze('db load 0.93 for 3m', { by: 'guard-host', source: 'guard' })
+  assert.equal((await app.control.setDial(undefined, 5, OPERATOR)).status, 'refused', 'a raise of the write dial by hand is refused while frozen')
+  await untilSchedule(app, (s) => s.bakeFrom === null)
+  clock.now += 60 * MINUTE
+  await app.scheduleRunner.tick()
+  assert.equal(await redis.client.get('dbshift:{default}:write_percent'), '0', 'the schedule is held too')
+  await app.control.unfreeze({ by: 'guard-host', source: 'guard' })
+  await untilSchedule(app, (s) => s.bakeFrom !== null)
+  clock.now += 30 * MINUTE
+  await untilRollout(app, (s) => s.writePercent === 5)
+})
+
+test('POST /schedule takes the same reads/writes steps as the command line', async (t) => {
+  const redis = await startRedis(t)
+  const [legacy, migrated] = await Promise.all([startUpstream(t, 'legacy'), startUpstream(t, 'migrated')])
+  const token = 'a-token-of-at-least-16-characters'
+  const { app, adminUrl } = await startProxy(t, testConfig(redis.url, legacy.url, migrated.url, { admin: { token } }))
+  const post = async (body: unknown): Promise<{ status: number, body: Record<string, unknown> }> => {
+    const res = await fetch(`${adminUrl}/schedule`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify(body) })
+    return { status: res.status, body: await res.json() as Record<string, unknown> }
+  }
+  const bad = await post({ steps: ['20/30'] })
+  assert.equal(bad.status, 400)
+  assert.match(bad.body.message as string, /writes cannot go ahead of reads/)
+  const res = await post({ steps: ['5/0', '20/5:48h', 50], bake: '1h' })
+  assert.equal(res.status, 201)
+  assert.deepEqual((res.body.schedule as Schedule).steps, [{ percent: 5, writePercent: 0, bakeMs: 60 * MINUTE }, { percent: 20, writePercent: 5, bakeMs: 48 * 60 * MINUTE }, { percent: 50, bakeMs: 60 * MINUTE }])
+  await untilRollout(app, (s) => s.percent === 5 && s.writePercent === 0)
 })

@@ -32,3 +32,17 @@ test('durations: ms, s, m, h and d; nothing else, nothing negative, nothing beyo
   assert.equal(parseDuration('30d'), 720 * H)
   for (const bad of ['31d', '-5m', '5', 'm', '5 minutes', '1h30m', '', '5x']) assert.equal(parseDuration(bad), undefined, bad)
 })
+
+test('ramp steps that step reads and writes: reads/writes, each dial rising or held, writes never ahead of reads', () => {
+  assert.deepEqual(parseSteps(['5/0', '20/5:48h', '50/5', '50/50', '100'], '30m'), [
+    { percent: 5, writePercent: 0, bakeMs: 0.5 * H }, { percent: 20, writePercent: 5, bakeMs: 48 * H }, { percent: 50, writePercent: 5, bakeMs: 0.5 * H },
+    { percent: 50, writePercent: 50, bakeMs: 0.5 * H }, { percent: 100, bakeMs: 0.5 * H }
+  ])
+  assert.equal(describePlan(parseSteps(['5/0', '20/5', '50/50'], '30m') as never), 'reads 5% writes 0% → reads 20% writes 5% → reads 50% writes 50%, bake 30m')
+  assert.equal(parseSteps(['20/30'], '30m'), 'step "20/30": writes cannot go ahead of reads (30% > 20%)')
+  assert.equal(parseSteps(['20/5', '50/2'], '30m'), 'step "50/2": the write dial must not fall (writes 5% came before it)')
+  assert.equal(parseSteps(['20/5', '20/5'], '30m'), 'step "20/5": steps must rise (20% came before it)')
+  assert.equal(parseSteps(['20/5', '10/5'], '30m'), 'step "10/5": steps must rise (20% came before it)')
+  assert.match(parseSteps(['20/x'], '30m') as string, /^step "20\/x": the write dial after "\/" must be a number from 0 to 100/)
+  assert.match(parseSteps(['20/5/1'], '30m') as string, /^step "20\/5\/1": the percentage must be .* optionally followed by \/<writes> and :<bake>/)
+})

@@ -8,7 +8,7 @@ import { wrongTypeMessage, type RolloutStore, type Trip } from '../rollout/store
 import type { RolloutSync } from '../rollout/sync.ts'
 import { parseLag, parsePercent, parseWayBack, PERCENT_RULE, WAY_BACK_RULE, type WayBackMode } from '../rollout/values.ts'
 import { judgeWayBack, type Fence, type LagReading, type ReverseLag, type WayBackVerdict } from '../rollout/way-back.ts'
-import { describePlan, describeProgress, isActive, type RampStep, type Schedule } from '../rollout/schedule.ts'
+import { describePlan, describeProgress, isActive, stepAhead, type RampStep, type Schedule } from '../rollout/schedule.ts'
 import type { ScheduleStore } from '../rollout/schedule-store.ts'
 import type { RaiseGate } from '../health/gate.ts'
 import type { Actor, AuditAction } from './audit.ts'
@@ -47,9 +47,14 @@ export interface ScheduleChange {
   reason?: string
   /** Set this percentage in the same step (refused while rolled back or frozen). */
   percent?: number
+  /** Set the write dial in the same step (refused while rolled back or frozen). */
+  writePercent?: number
 }
 
 export type RampVerb = 'pause' | 'continue' | 'abort'
+
+/** A dial a change made by hand is audited for: the `key` field of its `hand_set` entry. */
+export type HandChangedKey = 'percent' | 'state' | 'write_percent' | `route:${string}:percent`
 
 export interface ControlOptions {
   redis: RedisClient
@@ -365,8 +370,9 @@ export class RolloutControl {
     if (blocked !== undefined) return blocked
     const shared = await this.#o.store.read()
     if (shared.state === 'rolled_back') return refused('DBSHIFT_ERR_CONFLICT', `the rollout is rolled back: ${hint(actor, 'resume')} before starting a ramp`)
-    const last = steps.at(-1)?.percent ?? 0
-    if (last <= shared.percent) return refused('DBSHIFT_ERR_CONFLICT', `the dial is already at ${shared.percent}%, at or above every step`)
+    if (!steps.some((step) => stepAhead(step, shared.percent, shared.writePercent, false))) {
+      return refused('DBSHIFT_ERR_CONFLICT', `the dial is already at ${shared.percent}%${shared.writePercent === undefined ? '' : ` (writes ${shared.writePercent}%)`}: no step raises it without lowering the other dial`)
+    }
     const { schedule: current, raw } = await this.#o.schedules.read()
     const now = this.#now()
     if (isActive(current)) return refused('DBSHIFT_ERR_CONFLICT', `a ramp schedule is already active (${describeProgress(current, now)}); ${hint(actor, 'abort')} first`)
@@ -381,10 +387,12 @@ export class RolloutControl {
     const blocked = await this.#preconditions(actor, `${verb === 'continue' ? 'continuing' : verb === 'pause' ? 'pausing' : 'aborting'} the ramp schedule needs Redis`)
     if (blocked !== undefined) return blocked
     let dial: number | undefined
+    let writeDial: number | undefined
     if (verb === 'continue') {
       const shared = await this.#o.store.read()
       if (shared.state === 'rolled_back') return refused('DBSHIFT_ERR_CONFLICT', `the rollout is rolled back: ${hint(actor, 'resume')} first`)
       dial = shared.percent
+      writeDial = shared.writePercent
     }
     for (let attempt = 0; attempt < 5; attempt++) {
       const { schedule, raw } = await this.#o.schedules.read()
@@ -396,7 +404,13 @@ export class RolloutControl {
       } else if (verb === 'continue') {
         if (schedule.status === 'running') return { status: 'noop', schedule }
         // The operator accepts the dial as it is: later steps at or below it are skipped, never taken downward.
-        Object.assign(next, { status: 'running', bakeFrom: null, note: '', percent: schedule.step < 0 ? null : dial ?? schedule.percent })
+        Object.assign(next, {
+          status: 'running',
+          bakeFrom: null,
+          note: '',
+          percent: schedule.step < 0 ? null : dial ?? schedule.percent,
+          writePercent: schedule.step < 0 || schedule.writePercent === undefined || schedule.writePercent === null ? schedule.writePercent : writeDial ?? null
+        })
       } else {
         Object.assign(next, { status: 'aborted', bakeFrom: null, note: `aborted by ${actor.by}${reason === '' ? '' : `: ${reason}`}` })
       }
@@ -421,15 +435,18 @@ export class RolloutControl {
     return result === 'ok'
   }
 
-  /** Writes `next` (undefined deletes it) if the schedule still is `raw`, optionally with a step's percentage. */
+  /**
+   * Writes `next` (undefined deletes it) if the schedule still is `raw`, optionally with a step's percentage and
+   * write dial: the preconditions of a raise by hand hold (the raise gate, no rollback, no freeze).
+   */
   async writeSchedule (raw: string, next: Schedule | undefined, actor: Actor, change: ScheduleChange): Promise<'ok' | WriteRefusal> {
     if (change.percent !== undefined && await this.#unhealthyRaise(change.percent) !== undefined) return 'unhealthy'
     const k = this.keys
     const header = this.#header(actor, change.reason ?? '')
     if (next !== undefined) next.updatedAt = header.at
-    return await this.#scripts.change('dbshiftSchedule', header, [k.schedule, k.percent, k.state, k.freeze], [
+    return await this.#scripts.change('dbshiftSchedule', header, [k.schedule, k.percent, k.state, k.freeze, k.writePercent], [
       raw, next === undefined ? '' : JSON.stringify(next), change.percent === undefined ? '' : String(change.percent),
-      change.action ?? '', change.old ?? '', change.new ?? ''
+      change.action ?? '', change.old ?? '', change.new ?? '', change.writePercent === undefined ? '' : String(change.writePercent)
     ]) as 'ok' | WriteRefusal
   }
 
@@ -439,12 +456,15 @@ export class RolloutControl {
   }
 
   /**
-   * A change of `percent` or `state` made outside dbshift (a plain `redis-cli SET`), noticed by `noticedBy`. The
-   * instances that notice it race for `claim`, so the fleet records it once; a hand-made resume re-arms the
-   * guards fleet-wide like any other. False when another instance recorded it.
+   * A change of `percent`, `state`, `write_percent` or a route dial made outside dbshift (a plain `redis-cli SET`),
+   * noticed by `noticedBy`. The instances that notice it race for `claim`, so the fleet records it once; a
+   * hand-made resume re-arms the guards fleet-wide like any other. False when another instance recorded it.
    */
-  async recordHandChange (change: { key: 'percent' | 'state', old: string | null, new: string | null, claim: string, noticedBy: string }): Promise<boolean> {
-    const redisKey = this.keys[change.key]
+  async recordHandChange (change: { key: HandChangedKey, old: string | null, new: string | null, claim: string, noticedBy: string }): Promise<boolean> {
+    const k = this.keys
+    const redisKey = change.key === 'percent' || change.key === 'state'
+      ? k[change.key]
+      : change.key === 'write_percent' ? k.writePercent : k.routePercent(change.key.slice('route:'.length, -':percent'.length))
     const reason = `${redisKey} changed outside dbshift${change.new === null ? ' (deleted)' : ''}; noticed by ${change.noticedBy}`
     const rolledBackBefore = change.old === 'rolled_back'
     const rolledBackNow = change.new === 'rolled_back'

@@ -239,18 +239,28 @@ return 1
 `
 
 /**
- * KEYS: audit, schedule, percent, state, freeze. ARGV: expected schedule text, next text ('' deletes), percentage
- * to set with it (''), action ('' writes no entry), old, new. Compare-and-set of the schedule with its entry and
- * event; a step's percentage is set in the same step (never while rolled back or frozen, never over another write).
+ * KEYS: audit, schedule, percent, state, freeze, write_percent. ARGV: expected schedule text, next text ('' deletes),
+ * percentage to set with it (''), action ('' writes no entry), old, new, write dial to set with it (''). Compare-and-
+ * set of the schedule with its entry and event; a step's dials are set in the same step (never while rolled back or
+ * frozen, never over another write), each audited like the same change made by hand through dbshift.
  */
 const SCHEDULE = `
 if (redis.call('GET', KEYS[2]) or '') ~= ARGV[7] then return 'conflict' end
-if ARGV[9] ~= '' then
+if ARGV[9] ~= '' or ARGV[13] ~= '' then
   if redis.call('GET', KEYS[4]) == 'rolled_back' then return 'rolled_back' end
   if redis.call('EXISTS', KEYS[5]) == 1 then return 'frozen' end
+end
+if ARGV[9] ~= '' then
   local old = redis.call('GET', KEYS[3])
   redis.call('SET', KEYS[3], ARGV[9])
   audit('set_percent', old or '', ARGV[9])
+end
+if ARGV[13] ~= '' then
+  local old = redis.call('GET', KEYS[6])
+  if not old or tonumber(old) ~= tonumber(ARGV[13]) then
+    redis.call('SET', KEYS[6], ARGV[13])
+    audit('set_write_percent', old or '', ARGV[13])
+  end
 end
 if ARGV[8] == '' then redis.call('DEL', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[8]) end
 if ARGV[10] == '' then return 'ok' end
@@ -309,7 +319,7 @@ const SCRIPTS = {
   dbshiftMember: { keys: 1, lua: MEMBER, audited: true },
   dbshiftRecord: { keys: 0, lua: RECORD, audited: true },
   dbshiftHandChange: { keys: 2, lua: HAND_CHANGE, audited: true },
-  dbshiftSchedule: { keys: 4, lua: SCHEDULE, audited: true },
+  dbshiftSchedule: { keys: 5, lua: SCHEDULE, audited: true },
   dbshiftLeaseAcquire: { keys: 1, lua: LEASE_ACQUIRE, audited: false },
   dbshiftLeaseRelease: { keys: 1, lua: LEASE_RELEASE, audited: false },
   dbshiftBeat: { keys: 1, lua: BEAT, audited: false }

@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events'
 import type { Logger } from 'pino'
 import type { ConnectionKind, Metrics } from '../metrics.ts'
 import type { Router, RoutingState, Version } from '../routing/decide.ts'
+import type { RequestClass, Route } from '../routing/routes.ts'
 import { CLOSE_SERVICE_RESTART } from './ws-frames.ts'
 
 /** A long-lived connection (an upgraded WebSocket or an event stream) that follows the rollout while it is open. */
@@ -10,6 +11,9 @@ export interface OpenConnection {
   readonly kind: ConnectionKind
   /** The user key in byte-string form (see routing/user-key.ts); undefined for an anonymous client. */
   readonly key: string | undefined
+  /** The route and class it was decided on (default: a read on the default route); it is decided again on them. */
+  readonly route?: Route
+  readonly cls?: RequestClass
   /** Ends it: a WebSocket with a close frame of `code`, a stream cleanly. Resolves once it is closed. */
   close: (code: number) => Promise<void>
 }
@@ -103,8 +107,8 @@ export class OpenConnections extends EventEmitter<OpenConnectionsEvents> {
 
   #reconsiderOne (entry: Entry, state: RoutingState): void {
     if (entry.closing !== undefined) return
-    const { version, key } = entry.connection
-    if (this.#options.router.decide(state, key).version === version) {
+    const { version, key, cls, route } = entry.connection
+    if (this.#options.router.decide(state, key, cls, route).version === version) {
       clearTimeout(entry.timer) // moved back before its turn came: it stays
       entry.timer = undefined
     } else if (entry.timer === undefined) {
@@ -116,8 +120,8 @@ export class OpenConnections extends EventEmitter<OpenConnectionsEvents> {
   #move (entry: Entry): void {
     entry.timer = undefined
     if (!this.#open.has(entry) || entry.closing !== undefined) return
-    const { version, key, kind } = entry.connection
-    if (this.#options.router.decide(this.#options.rollout(), key).version === version) return
+    const { version, key, kind, cls, route } = entry.connection
+    if (this.#options.router.decide(this.#options.rollout(), key, cls, route).version === version) return
     this.#options.metrics.connectionsMoved.labels(version).inc()
     this.#options.log.debug({ version, kind }, 'closing a connection whose user now gets the other version')
     entry.closing = entry.connection.close(CLOSE_SERVICE_RESTART)

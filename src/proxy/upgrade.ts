@@ -6,6 +6,9 @@ import type { Logger, LevelWithSilent } from 'pino'
 import { BadRequestError, FeaturePausedError, ShuttingDownError, TooManyUpgradedError, UriTooLongError } from '../errors.ts'
 import type { Metrics, RefusedReason } from '../metrics.ts'
 import type { Decision, Router, Version } from '../routing/decide.ts'
+import { normalisePath as routePath } from '../routing/path.ts'
+import type { ReadYourWrites } from '../routing/read-your-writes.ts'
+import { classOf, DEFAULT_ROUTE, type RequestClass, type Route, type RouteTable } from '../routing/routes.ts'
 import { fromByteString, headerCount, type UserKeyReader } from '../routing/user-key.ts'
 import type { RolloutSnapshot } from '../rollout/snapshot.ts'
 import type { TrafficWindow } from '../traffic/window.ts'
@@ -39,6 +42,11 @@ export interface UpgradeDeps {
   maxUrlBytes: number
   connectTimeoutMs: number
   headersTimeoutMs: number
+  /** The forwarder's route table: a handshake is on the route its normalised path and method match. */
+  routes?: RouteTable
+  /** The forwarder's read-your-writes: a handshake that reads, by a user who just wrote, is kept on legacy too. */
+  readYourWrites?: ReadYourWrites
+  now?: () => number
   /** Seconds for Retry-After when this path is paused (L2), or 0. */
   pausedFor?: (url: string) => number
   draining: () => boolean
@@ -87,17 +95,34 @@ export function createUpgradeHandler (deps: UpgradeDeps): (req: IncomingMessage,
     if (deps.maxUpgraded > 0 && deps.connections.count('websocket') + pending >= deps.maxUpgraded) {
       return refuseAs('overloaded', new TooManyUpgradedError(deps.maxUpgraded), undefined, { 'retry-after': '1' })
     }
+    // The same route rules as for any request (forward.ts): the normalised path of the target as sent picks the
+    // route; one that has no single meaning is refused.
+    const matched = routePath(authority === undefined ? url : path)
+    if (typeof matched !== 'string') return refuseAs('bad_request', new BadRequestError(matched.message))
+    const route = deps.routes?.match(req.method, matched) ?? DEFAULT_ROUTE
+    const cls = classOf(req.method, route)
     const key = deps.keyReader.read(req.headers, req.rawHeaders)
-    const decision = deps.router.decide(deps.rollout(), key)
-    const retryAfter = deps.pausedFor?.(path) ?? 0
+    const ryw = deps.readYourWrites
+    const recentWrite = ryw !== undefined && cls === 'read' && key !== undefined && ryw.recent(key, req.headers.cookie, (deps.now ?? Date.now)())
+    const decision = deps.router.decide(deps.rollout(), key, cls, route, recentWrite)
+    deps.metrics.recordRoute(route.index, decision.version, cls)
+    const retryAfter = deps.pausedFor?.(matched) ?? 0
     if (retryAfter > 0) {
       deps.metrics.recordRequest(decision.version, 503, 0)
       return refuseAs('paused', new FeaturePausedError(), decision.version, { 'retry-after': String(retryAfter) })
     }
     pending++
     const headers = { ...upstreamHeaders(req, decision.version, deps.headers, authority), connection: 'Upgrade', upgrade: req.headers.upgrade as string }
-    new Handshake(req, socket, head, key, decision, deps, deps.pools[decision.version], turns, { path, headers }, () => { pending-- }).send()
+    new Handshake(req, socket, head, key, decision, deps, deps.pools[decision.version], turns, { path, headers, route, cls }, () => { pending-- }).send()
   }
+}
+
+/** What is sent upstream, and the route and class the socket was decided on (it is decided again on them). */
+interface HandshakeRequest {
+  path: string
+  headers: Record<string, string | string[]>
+  route: Route
+  cls: RequestClass
 }
 
 /** One handshake's trip to the upstream, and on success the tunnel it becomes. */
@@ -111,7 +136,7 @@ class Handshake {
   readonly #pool: UpstreamPool
   readonly #turns: Record<Version, number>
   readonly #settled: () => void
-  readonly #request: { path: string, headers: Record<string, string | string[]> }
+  readonly #request: HandshakeRequest
   readonly #started = performance.now()
   #attempt = 0
   readonly #early: Buffer[] = []
@@ -121,7 +146,7 @@ class Handshake {
   /** The client left, or the handshake has its outcome: nothing more is done or counted. */
   #over = false
 
-  constructor (req: IncomingMessage, socket: Socket, head: Buffer, key: string | undefined, decision: Decision, deps: UpgradeDeps, pool: UpstreamPool, turns: Record<Version, number>, request: { path: string, headers: Record<string, string | string[]> }, settled: () => void) {
+  constructor (req: IncomingMessage, socket: Socket, head: Buffer, key: string | undefined, decision: Decision, deps: UpgradeDeps, pool: UpstreamPool, turns: Record<Version, number>, request: HandshakeRequest, settled: () => void) {
     this.#req = req
     this.#socket = socket
     this.#head = head
@@ -197,7 +222,8 @@ class Handshake {
     const early = this.#early.length === 0 ? this.#head : Buffer.concat([this.#head, ...this.#early])
     if (early.length > 0) client.unshift(early)
     const tunnel = new Tunnel(client, upstream)
-    const remove = this.#deps.connections.add({ version, kind: 'websocket', key: this.#key, close: async (code) => await tunnel.close(code) })
+    const { route, cls } = this.#request
+    const remove = this.#deps.connections.add({ version, kind: 'websocket', key: this.#key, route, cls, close: async (code) => await tunnel.close(code) })
     tunnel.closed.then(remove, remove)
     this.#record(101, false)
   }

@@ -42,8 +42,8 @@ export interface SharedRollout {
   wayBack: WayBackMode
   /** The fence on the moving cohort's writes, or undefined. */
   fence: Fence | undefined
-  /** The dials' raw text (null = missing): what a change made by hand wrote. */
-  raw: { percent: string | null, state: string | null }
+  /** The dials' raw text (null = missing): what a change made by hand wrote; `others` as in otherDialKeys. */
+  raw: { percent: string | null, state: string | null, others: ReadonlyArray<string | null> }
   /** The write dial and the route dials as one string: the poll compares it to see whether they moved. */
   otherDials: string
   /** Values that were ignored, for the caller to log and count. */
@@ -188,7 +188,7 @@ export class RolloutStore {
       wayBack: wayBack ?? 'dual_write',
       fence: parsedFence.fence,
       found,
-      raw: { percent: percentText, state: stateText },
+      raw: { percent: percentText, state: stateText, others: this.otherDialKeys.map((_, i) => otherTexts[i] ?? null) },
       invalid
     }
   }

@@ -208,10 +208,11 @@ export class RolloutSync extends EventEmitter<RolloutSyncEvents> {
     const raw = shared.raw
     const dial = dialOf(raw.percent, raw.state)
     const previousRaw = this.#lastRaw
+    const previousOthers = this.#lastOtherDials
     this.#lastDial = dial
     this.#lastOtherDials = shared.otherDials
     this.#lastRaw = raw
-    if (previousRaw !== undefined && dialOf(previousRaw.percent, previousRaw.state) !== dial) this.emit('dial', raw, previousRaw)
+    if (previousRaw !== undefined && (dialOf(previousRaw.percent, previousRaw.state) !== dial || previousOthers !== shared.otherDials)) this.emit('dial', raw, previousRaw)
     // A set key of the wrong type is garbage, not an empty set: keep the last valid members.
     const wrongType = (key: string): boolean => shared.invalid.some((v) => v.key === key && v.value === WRONG_TYPE)
     if (wrongType(k.allow)) shared.allow = [...this.#current.allow]

@@ -5,7 +5,7 @@ import type { RolloutControl, ScheduleChange } from '../control/commands.ts'
 import type { Lease } from '../control/lease.ts'
 import { isReady, type RedisClient } from '../rollout/redis.ts'
 import type { RolloutStore } from '../rollout/store.ts'
-import { isActive, type Schedule } from '../rollout/schedule.ts'
+import { isActive, stepAhead, type RampStep, type Schedule } from '../rollout/schedule.ts'
 import type { ScheduleStore } from '../rollout/schedule-store.ts'
 
 /** Ticks between checks while no schedule runs (a schedule started meanwhile waits at most this many ticks). */
@@ -120,14 +120,15 @@ export class ScheduleRunner {
     const frozen = shared.freeze
     const now = this.#o.now()
     const dial = shared.percent
-    const write = async (next: Schedule, action: ScheduleChange['action'], reason: string, percent?: number): Promise<void> => {
-      const result = await control.writeSchedule(raw, next, this.#actor, { action, old: String(schedule.percent ?? dial), new: String(next.percent ?? dial), reason, percent })
+    const writeDial = shared.writePercent
+    const write: Write = async (next, action, reason, dials) => {
+      const result = await control.writeSchedule(raw, next, this.#actor, { action, old: String(schedule.percent ?? dial), new: String(next.percent ?? dial), reason, ...dials })
       if (result !== 'ok') {
         if (this.#deferred !== `${action} ${result}`) log.info({ result, action }, 'ramp schedule step deferred')
         this.#deferred = `${action} ${result}`
       } else {
         this.#deferred = undefined
-        log.info({ action, step: next.step + 1, percent: next.percent, status: next.status, reason }, 'ramp schedule changed')
+        log.info({ action, step: next.step + 1, percent: next.percent, writePercent: next.writePercent, status: next.status, reason }, 'ramp schedule changed')
       }
     }
 
@@ -139,6 +140,11 @@ export class ScheduleRunner {
     if (schedule.status === 'paused') return
     if (schedule.step >= 0 && schedule.percent !== null && dial !== schedule.percent) {
       const note = `the dial was moved to ${dial}% outside the schedule (it had set ${schedule.percent}%): 'dbshift ramp continue' goes on from ${dial}%, 'dbshift ramp abort' stops`
+      return await write({ ...schedule, status: 'paused', bakeFrom: null, note }, 'schedule_pause', note)
+    }
+    const setWrites = schedule.writePercent ?? null
+    if (schedule.step >= 0 && setWrites !== null && writeDial !== setWrites) {
+      const note = `the write dial was moved to ${writeDial === undefined ? 'follow percent' : `${writeDial}%`} outside the schedule (it had set ${setWrites}%): 'dbshift ramp continue' goes on from there, 'dbshift ramp abort' stops`
       return await write({ ...schedule, status: 'paused', bakeFrom: null, note }, 'schedule_pause', note)
     }
     if (frozen !== null) {
@@ -153,29 +159,33 @@ export class ScheduleRunner {
       if (schedule.bakeFrom === null && schedule.note === note) return
       return await write({ ...schedule, bakeFrom: null, note }, 'schedule_hold', `${note} (${notReady}); the bake restarts when it is low`)
     }
-    if (schedule.step < 0) return await this.#take(schedule, dial, now, write)
+    if (schedule.step < 0) return await this.#take(schedule, dial, writeDial, now, write)
     const step = schedule.steps[schedule.step]
     if (step === undefined) return
     if (schedule.bakeFrom === null) {
       return await write({ ...schedule, bakeFrom: now, note: '' }, 'schedule_bake', `the bake of step ${schedule.step + 1} (${step.percent}%) starts`)
     }
-    if (now - schedule.bakeFrom >= step.bakeMs) await this.#take(schedule, dial, now, write)
+    if (now - schedule.bakeFrom >= step.bakeMs) await this.#take(schedule, dial, writeDial, now, write)
   }
 
-  /** Takes the next step above the dial (a schedule never moves users back), or ends the schedule. */
-  async #take (schedule: Schedule, dial: number, now: number, write: (next: Schedule, action: ScheduleChange['action'], reason: string, percent?: number) => Promise<void>): Promise<void> {
+  /** Takes the next step that raises a dial without lowering the other (a schedule never moves users back), or ends the schedule. */
+  async #take (schedule: Schedule, dial: number, writeDial: number | undefined, now: number, write: Write): Promise<void> {
     const first = schedule.step < 0
-    const index = schedule.steps.findIndex((step, i) => i > schedule.step && (first ? step.percent >= dial : step.percent > dial))
+    const index = schedule.steps.findIndex((step, i) => i > schedule.step && stepAhead(step, dial, writeDial, first))
     const total = schedule.steps.length
     if (index === -1) {
-      return await write({ ...schedule, status: 'done', bakeFrom: null, note: `the dial is at ${dial}%, at or above every step` }, 'schedule_done', 'no step left above the dial')
+      return await write({ ...schedule, status: 'done', bakeFrom: null, note: `the dial is at ${dial}%${writeDial === undefined ? '' : ` (writes ${writeDial}%)`}, at or above every step` }, 'schedule_done', 'no step left above the dial')
     }
-    const step = schedule.steps[index] as { percent: number }
+    const step = schedule.steps[index] as RampStep
     const last = index === total - 1
-    const next: Schedule = { ...schedule, step: index, percent: step.percent, stepAt: now, bakeFrom: now, note: '', status: last ? 'done' : 'running' }
-    await write(next, 'schedule_step', `ramp step ${index + 1} of ${total}${last ? ' (the last)' : ''}`, step.percent)
+    const next: Schedule = {
+      ...schedule, step: index, percent: step.percent, writePercent: step.writePercent ?? schedule.writePercent ?? null, stepAt: now, bakeFrom: now, note: '', status: last ? 'done' : 'running'
+    }
+    await write(next, 'schedule_step', `ramp step ${index + 1} of ${total}${last ? ' (the last)' : ''}`, { percent: step.percent, writePercent: step.writePercent })
   }
 }
+
+type Write = (next: Schedule, action: ScheduleChange['action'], reason: string, dials?: { percent: number, writePercent: number | undefined }) => Promise<void>
 
 /** How often the schedule is checked and how long the lease lasts, from the poll interval (500 ms → 1 s and 5 s). */
 export function runnerTimings (pollIntervalMs: number): { tickMs: number, leaseMs: number } {

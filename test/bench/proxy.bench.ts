@@ -64,6 +64,25 @@ function layout (): { proxy: string | undefined, load: string | undefined, note:
   return { proxy: '0', load: String(n - 1), note: `proxy pinned to CPU 0; wrk, the upstream and Redis to CPU ${n - 1} (taskset)` }
 }
 
+/** Rollout of the routed run: its own keys, so its write and route dials leave the plain run's rollout alone. */
+const ROUTED = 'routed'
+
+/**
+ * 20 routes of the shapes an edge has (pass-through prefixes, a held group, method-limited and class-overridden
+ * routes, file globs, a route pinned to migrated), with the benchmark's path, /api/orders, matched by the 17th:
+ * each request is normalised, meets the routes of its first segment and is decided by a route dial.
+ */
+const ROUTES = [
+  ['static', '/static/**', 'mode: legacy'], ['assets', '/assets/**', 'mode: legacy'], ['webhooks', '/webhooks/**', 'mode: legacy'],
+  ['callbacks', '/callbacks/**', 'mode: legacy'], ['healthz', '/healthz', 'mode: legacy'], ['ping', '/ping', 'mode: legacy'],
+  ['admin', '/admin/**', 'mode: legacy'], ['internal', '/internal/**', 'mode: legacy'], ['docs', '/docs/**', 'mode: legacy'],
+  ['images', '/files/*.{png,jpg,webp}', 'mode: legacy'], ['api-admin', '/api/admin/**', 'mode: legacy'],
+  ['reports', '/api/reports/**', 'mode: split'], ['exports', '/api/exports/**', 'mode: split'],
+  ['search', '/api/search', 'mode: split, methods: [POST], class: read'], ['graphql', '/graphql', 'mode: split, methods: [POST]'],
+  ['beta', '/api/beta/**', 'mode: migrated'], ['orders', '/api/orders/**', 'mode: split'], ['users', '/api/users/**', 'mode: split'],
+  ['carts', '/api/carts/**', 'mode: split'], ['payments', '/api/payments/**', 'mode: split']
+].map(([name, path, rest]) => `  - { name: ${String(name)}, path: "${String(path)}", ${String(rest)} }`)
+
 /** Paced runs: 24 connections, each waiting 4 ms between a response and its next request ≈ 5k req/s. */
 const PACED = { connections: 24, delayMs: 4 }
 
@@ -115,6 +134,14 @@ export async function runProxyBench (options: ProxyBenchOptions): Promise<ProxyB
       const dbshift = await startDbshift(dir, cpus.proxy, { redisUrl: redis.url, legacy, migrated })
       cleanups.push(dbshift.stop)
       targets.push({ name: 'dbshift (Redis, 20%, metrics, guards)', url: dbshift.url, process: dbshift })
+    }
+    {
+      // Reads at 20% with writes held at 5% and two route dials: the reads-before-writes setting of a ramp.
+      await redis.client.mset(`dbshift:{${ROUTED}}:percent`, '20', `dbshift:{${ROUTED}}:write_percent`, '5',
+        `dbshift:{${ROUTED}}:route:orders:percent`, '20', `dbshift:{${ROUTED}}:route:reports:percent`, '2')
+      const routed = await startDbshift(dir, cpus.proxy, { redisUrl: redis.url, legacy, migrated, extra: [`rollout: { name: ${ROUTED} }`, 'routes:', ...ROUTES].join('\n') })
+      cleanups.push(routed.stop)
+      targets.push({ name: 'dbshift routed (20 routes, writes 5%)', url: routed.url, process: routed })
     }
     for (const target of targets.slice(1)) {
       target.migrated = await migratedShare(target.url)

@@ -39,7 +39,8 @@ process.stdout.write(`\nwritten to test/bench/results/${stamp}.md and .json\n`)
 
 function render (result: ProxyBenchResult, micro: RoutingBenchResult, routes: RoutesBenchResult): string {
   const byName = (prefix: string): ProxyBenchResult['targets'][number] | undefined => result.targets.find((t) => t.name.startsWith(prefix))
-  const dbshift = byName('dbshift')
+  const dbshift = byName('dbshift (')
+  const routed = byName('dbshift routed')
   const baseline = byName('bare @fastify/http-proxy')
   const nginx = byName('nginx')
   const rows = result.targets.map((t) => [
@@ -61,6 +62,7 @@ function render (result: ProxyBenchResult, micro: RoutingBenchResult, routes: Ro
     '',
     `- dbshift / baseline req/s: **${ratio(dbshift?.requestsPerSecond, baseline?.requestsPerSecond)}**; dbshift / nginx: **${ratio(dbshift?.requestsPerSecond, nginx?.requestsPerSecond)}**`,
     `- from CPU time (robust to other load on the machine): dbshift / baseline **${ratio(baseline?.cpuUs, dbshift?.cpuUs)}**, dbshift / nginx ${ratio(nginx?.cpuUs, dbshift?.cpuUs)} requests per CPU-second`,
+    `- routed (20 routes, the write dial at 5%, route dials) / plain dbshift req/s: **${ratio(routed?.requestsPerSecond, dbshift?.requestsPerSecond)}**, from CPU time ${ratio(dbshift?.cpuUs, routed?.cpuUs)}; routed / baseline req/s: **${ratio(routed?.requestsPerSecond, baseline?.requestsPerSecond)}**`,
     `- dbshift / baseline RSS: ${ratio(dbshift?.rss, baseline?.rss)}; dbshift tagged ${fmt.pct(dbshift?.migrated ?? Number.NaN)} of 2,000 distinct users migrated (set: 20%)`,
     `- routing decision (read X-User-ID + decide, unseen keys): **${micro.nsPerDecision.toFixed(0)} ns**; murmur3 bucket alone ${micro.nsPerHash.toFixed(0)} ns; ~${micro.bytesPerDecision.toFixed(0)} heap bytes per decision (median of ${micro.batches} × ${fmt.int(micro.perBatch)})`,
     `- ${describeRoutesBench(routes)}`,

@@ -172,6 +172,11 @@ function renderFleet (result) {
 
 // ---- ramp
 
+/** `20%`, or `reads 20% · writes 5%` for a step that sets the write dial too. */
+function dials (step) {
+  return step.writePercent === undefined ? `${step.percent}%` : `reads ${step.percent}% · writes ${step.writePercent}%`
+}
+
 function renderSchedule (result) {
   const list = $('#ramp-steps-list')
   if (!result.ok) {
@@ -188,12 +193,12 @@ function renderSchedule (result) {
   $('#ramp-progress').textContent = schedule.progress
   list.replaceChildren(...schedule.steps.map((step, i) => {
     const state = schedule.status === 'done' || i < schedule.step ? 'done' : i === schedule.step ? 'current' : 'pending'
-    return el('li', { class: state }, `${step.percent}% · bake ${span(step.bakeMs)}`)
+    return el('li', { class: state }, `${dials(step)} · bake ${span(step.bakeMs)}`)
   }))
   const step = schedule.steps[schedule.step]
   const next = schedule.steps[schedule.step + 1]
   if (schedule.status === 'running' && step !== undefined && next !== undefined && schedule.bakeFrom !== null) {
-    $('#ramp-next').textContent = `next step: ${next.percent}% at ${when(schedule.bakeFrom + step.bakeMs)} if the bake stays healthy`
+    $('#ramp-next').textContent = `next step: ${dials(next)} at ${when(schedule.bakeFrom + step.bakeMs)} if the bake stays healthy`
   } else {
     $('#ramp-next').textContent = ''
   }

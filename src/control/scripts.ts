@@ -304,7 +304,57 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 `
 
-/** Every script: its own keys (the audit stream not counted) and whether it takes the audit header. */
+/**
+ * Adds this instance's counts to the slot keys ("<requests> <errors>", expiring) and its failing users' hashes to
+ * the slot's HyperLogLog, then reads each group of slots back: MGET of the counts and PFCOUNT of the users (the
+ * union, so a user failing on several instances or in several slots counts once). One round trip.
+ * KEYS: per write, the counts key and the users key; then per group, the same pairs.
+ * ARGV: writes, then per write: requests, errors, ttl, n, n hashes; then groups, then per group its slot count.
+ * Its keys vary with the slots it touches: called with their count first.
+ */
+const TRAFFIC_EXCHANGE = `
+local writes = tonumber(ARGV[1])
+local at = 2
+for i = 1, writes do
+  local key = KEYS[i * 2 - 1]
+  local old = redis.call('GET', key)
+  local r, e = 0, 0
+  if old then
+    local a, b = string.match(old, '^(%d+) (%d+)$')
+    r, e = tonumber(a) or 0, tonumber(b) or 0
+  end
+  local ttl = ARGV[at + 2]
+  redis.call('SET', key, string.format('%d %d', r + tonumber(ARGV[at]), e + tonumber(ARGV[at + 1])), 'EX', ttl)
+  local n = tonumber(ARGV[at + 3])
+  if n > 0 then
+    redis.call('PFADD', KEYS[i * 2], unpack(ARGV, at + 4, at + 3 + n))
+    redis.call('EXPIRE', KEYS[i * 2], ttl)
+  end
+  at = at + 4 + n
+end
+local out = {}
+local groups = tonumber(ARGV[at])
+local k = writes * 2
+for g = 1, groups do
+  local n = tonumber(ARGV[at + g])
+  local counts, users = {}, {}
+  for j = 1, n do
+    counts[j] = KEYS[k + j * 2 - 1]
+    users[j] = KEYS[k + j * 2]
+  end
+  k = k + n * 2
+  if n > 0 then
+    out[#out + 1] = redis.call('MGET', unpack(counts))
+    out[#out + 1] = redis.call('PFCOUNT', unpack(users))
+  else
+    out[#out + 1] = {}
+    out[#out + 1] = 0
+  end
+end
+return out
+`
+
+/** Every script: its own keys (the audit stream not counted; -1: as many as the call gives) and whether it takes the audit header. */
 const SCRIPTS = {
   dbshiftSetPercent: { keys: 4, lua: SET_PERCENT, audited: true },
   dbshiftSetDial: { keys: 4, lua: SET_DIAL, audited: true },
@@ -322,7 +372,8 @@ const SCRIPTS = {
   dbshiftSchedule: { keys: 5, lua: SCHEDULE, audited: true },
   dbshiftLeaseAcquire: { keys: 1, lua: LEASE_ACQUIRE, audited: false },
   dbshiftLeaseRelease: { keys: 1, lua: LEASE_RELEASE, audited: false },
-  dbshiftBeat: { keys: 1, lua: BEAT, audited: false }
+  dbshiftBeat: { keys: 1, lua: BEAT, audited: false },
+  dbshiftTrafficExchange: { keys: -1, lua: TRAFFIC_EXCHANGE, audited: false }
 } as const
 
 export type AuditedScript = { [K in keyof typeof SCRIPTS]: typeof SCRIPTS[K]['audited'] extends true ? K : never }[keyof typeof SCRIPTS]
@@ -344,7 +395,8 @@ const registered = new WeakSet<RedisClient>()
 export function defineScripts (redis: RedisClient): void {
   if (registered.has(redis)) return
   for (const [name, script] of Object.entries(SCRIPTS)) {
-    redis.defineCommand(name, { numberOfKeys: script.keys + (script.audited ? 1 : 0), lua: script.audited ? PRELUDE + script.lua : script.lua })
+    const numberOfKeys = script.keys < 0 ? undefined : script.keys + (script.audited ? 1 : 0)
+    redis.defineCommand(name, { numberOfKeys, lua: script.audited ? PRELUDE + script.lua : script.lua })
   }
   registered.add(redis)
 }
@@ -376,7 +428,8 @@ export class Scripts {
   }
 
   async run (name: PlainScript, keys: string[], args: Array<string | number>): Promise<unknown> {
-    return await this.#method(name)(...keys, ...args)
+    const method = this.#method(name)
+    return SCRIPTS[name].keys < 0 ? await method(keys.length, ...keys, ...args) : await method(...keys, ...args)
   }
 
   #method (name: keyof typeof SCRIPTS): ScriptMethod {

@@ -1,5 +1,5 @@
-import { createHash } from 'node:crypto'
 import type { Version } from '../routing/decide.ts'
+import { Scripts } from '../control/scripts.ts'
 import type { RedisClient } from '../rollout/redis.ts'
 import type { RolloutKeys } from '../rollout/keys.ts'
 import { MAX_USERS_PER_SLOT, type Counts, type SlotCounts } from '../traffic/window.ts'
@@ -26,54 +26,6 @@ interface Pending extends Counts {
   users: Set<string>
 }
 
-// Adds this instance's counts to the slot keys ("<requests> <errors>", expiring) and its failing users' hashes to
-// the slot's HyperLogLog, then reads each group of slots back: MGET of the counts and PFCOUNT of the users (the
-// union, so a user failing on several instances or in several slots counts once). One round trip.
-// KEYS: per write, the counts key and the users key; then per group, the same pairs.
-// ARGV: writes, then per write: requests, errors, ttl, n, n hashes; then groups, then per group its slot count.
-const EXCHANGE = `
-local writes = tonumber(ARGV[1])
-local at = 2
-for i = 1, writes do
-  local key = KEYS[i * 2 - 1]
-  local old = redis.call('GET', key)
-  local r, e = 0, 0
-  if old then
-    local a, b = string.match(old, '^(%d+) (%d+)$')
-    r, e = tonumber(a) or 0, tonumber(b) or 0
-  end
-  local ttl = ARGV[at + 2]
-  redis.call('SET', key, string.format('%d %d', r + tonumber(ARGV[at]), e + tonumber(ARGV[at + 1])), 'EX', ttl)
-  local n = tonumber(ARGV[at + 3])
-  if n > 0 then
-    redis.call('PFADD', KEYS[i * 2], unpack(ARGV, at + 4, at + 3 + n))
-    redis.call('EXPIRE', KEYS[i * 2], ttl)
-  end
-  at = at + 4 + n
-end
-local out = {}
-local groups = tonumber(ARGV[at])
-local k = writes * 2
-for g = 1, groups do
-  local n = tonumber(ARGV[at + g])
-  local counts, users = {}, {}
-  for j = 1, n do
-    counts[j] = KEYS[k + j * 2 - 1]
-    users[j] = KEYS[k + j * 2]
-  end
-  k = k + n * 2
-  if n > 0 then
-    out[#out + 1] = redis.call('MGET', unpack(counts))
-    out[#out + 1] = redis.call('PFCOUNT', unpack(users))
-  else
-    out[#out + 1] = {}
-    out[#out + 1] = 0
-  end
-end
-return out
-`
-const EXCHANGE_SHA = createHash('sha1').update(EXCHANGE).digest('hex')
-
 /** Slots per window: coarse enough to keep the read small, fine enough that the window slides smoothly. */
 const FAST_SLOTS = 5
 const LONG_SLOTS = 10
@@ -85,14 +37,14 @@ const LONG_SLOTS = 10
  * as long as they still fall inside the window.
  */
 export class FleetCounts {
-  readonly #redis: RedisClient
+  readonly #scripts: Scripts
   readonly #keys: RolloutKeys
   readonly #versions: readonly Version[]
   readonly #resolutions: Record<WindowName, Resolution>
   readonly #pending = new Map<string, Pending>()
 
   constructor (redis: RedisClient, keys: RolloutKeys, options: { fastMs: number, longMs: number, localSlotMs: number, versions: readonly Version[] }) {
-    this.#redis = redis
+    this.#scripts = new Scripts(redis, keys)
     this.#keys = keys
     this.#versions = options.versions
     const resolution = (windowMs: number, slots: number): Resolution => {
@@ -185,12 +137,7 @@ export class FleetCounts {
   }
 
   async #run (keys: string[], args: Array<string | number>): Promise<unknown> {
-    try {
-      return await this.#redis.evalsha(EXCHANGE_SHA, keys.length, ...keys, ...args)
-    } catch (err) {
-      if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err
-      return await this.#redis.eval(EXCHANGE, keys.length, ...keys, ...args)
-    }
+    return await this.#scripts.run('dbshiftTrafficExchange', keys, args)
   }
 
   /** Counts older than their window are of no use to anyone: drop them rather than grow while Redis is away. */

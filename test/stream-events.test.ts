@@ -2,7 +2,7 @@ import assert from 'node:assert/strict'
 import { once } from 'node:events'
 import { get, type IncomingMessage, type ServerResponse } from 'node:http'
 import { test, type TestContext } from 'node:test'
-import { startProxy, startRedis, startUpstream, testConfig } from './helpers.ts'
+import { startProxy, startRedis, startUpstream, testConfig, untilRollout } from './helpers.ts'
 import { usersInBuckets } from './websocket-helpers.ts'
 
 /** An upstream that holds every answer open: an event stream on /events, a chunked download elsewhere. */
@@ -10,7 +10,7 @@ async function streamingUpstream (t: TestContext, name: string) {
   const open = new Map<string, ServerResponse>()
   const upstream = await startUpstream(t, name, (req, res) => {
     const user = String(req.headers['x-user-id'])
-    const sse = req.url === '/events'
+    const sse = req.url?.endsWith('/events') === true
     res.writeHead(200, { 'content-type': sse ? 'text/event-stream' : 'application/octet-stream', 'cache-control': 'no-store' })
     res.write(sse ? `data: hello from ${name}\n\n` : 'part 1;')
     open.set(`${req.url ?? ''} ${user}`, res)
@@ -82,4 +82,34 @@ test('an event stream is relayed as it arrives, tracked, and ended cleanly when 
   assert.doesNotMatch(metrics, /dbshift_upstream_errors_total\{version="migrated",reason="[a-z]+"\} [1-9]/, 'a move is no upstream error')
   assert.equal(proxy.app.traffic.totals('migrated', 60_000).errors, 0)
   for (const res of [...legacy.open.values(), ...migrated.open.values()]) res.end()
+})
+
+test('an event stream is decided again on its own route: a lowered percentage leaves a route with its own dial alone, a lowered route dial moves it', async (t) => {
+  const redis = await startRedis(t)
+  const legacy = await streamingUpstream(t, 'legacy')
+  const migrated = await streamingUpstream(t, 'migrated')
+  await redis.client.set('dbshift:{default}:percent', '50')
+  await redis.client.set('dbshift:{default}:route:live:percent', '50')
+  const proxy = await startProxy(t, testConfig(redis.url, legacy.url, migrated.url, {
+    server: { reconnectSpreadMs: 0 },
+    routes: [{ name: 'live', path: '/live/**', mode: 'split' }]
+  }))
+  await untilRollout(proxy.app, (snapshot) => snapshot.routePercent?.get('live') === 50)
+  const [user] = usersInBuckets(1000, 5000, 1) as [string]
+  const onRoute = await open(proxy.url, user, '/live/events', 'text/event-stream')
+  const onDefault = await open(proxy.url, user, '/events', 'text/event-stream')
+  assert.deepEqual([onRoute.res.headers['x-dbshift-version'], onDefault.res.headers['x-dbshift-version']], ['migrated', 'migrated'])
+  assert.equal(await onRoute.next(), 'data: hello from migrated\n\n')
+  assert.equal(await onDefault.next(), 'data: hello from migrated\n\n')
+
+  // 10%: the default route now sends this user to legacy; the route's own dial (50%) still sends them to migrated.
+  await redis.client.set('dbshift:{default}:percent', '10')
+  assert.deepEqual(await onDefault.ended, { complete: true })
+  migrated.open.get(`/live/events ${user}`)?.write('data: still here\n\n')
+  assert.equal(await onRoute.next(), 'data: still here\n\n', 'the stream on the route is not moved')
+
+  await redis.client.set('dbshift:{default}:route:live:percent', '10')
+  assert.deepEqual(await onRoute.ended, { complete: true }, 'the lowered route dial moves it')
+  const again = await open(proxy.url, user, '/live/events', 'text/event-stream')
+  assert.equal(again.res.headers['x-dbshift-version'], 'legacy')
 })

@@ -33,7 +33,7 @@ export interface ForwardHooks {
   /** Seconds to put in Retry-After when this path is paused (L2), or 0 to let it through. */
   pausedFor?: (url: string) => number
   /** A tap for this exchange when it is sampled for shadow comparison. */
-  tap?: (req: IncomingMessage, decision: Decision) => ResponseTap | undefined
+  tap?: (req: IncomingMessage, decision: Decision, route: Route, cls: RequestClass) => ResponseTap | undefined
   /** Seconds to put in Retry-After when this request is a write the fence holds (the way back), or 0. */
   fenced?: (cls: RequestClass, route: Route, key: string | undefined) => number
 }
@@ -175,7 +175,7 @@ export function createForwarder (deps: ForwarderDeps): (req: IncomingMessage, re
     }
     inFlight++
     socket[BUSY] = true
-    const exchange = new Exchange(req, res, deps, decision, deps.pools[decision.version], deps.hooks?.tap?.(req, decision), waiting, release)
+    const exchange = new Exchange(req, res, deps, decision, deps.pools[decision.version], deps.hooks?.tap?.(req, decision, route, cls), waiting, release)
     exchange.user = key
     // A write of the split cohort: its reads go to legacy for the window, here (the marker) and elsewhere (the cookie).
     if (ryw !== undefined && key !== undefined && decision.why === 'write_dial') exchange.setCookie = ryw.wrote(key, now())

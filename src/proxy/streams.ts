@@ -1,5 +1,6 @@
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
 import type { Decision } from '../routing/decide.ts'
+import type { RequestClass, Route } from '../routing/routes.ts'
 import type { UserKeyReader } from '../routing/user-key.ts'
 import type { OpenConnections } from './connections.ts'
 import type { ForwardHooks, ResponseTap } from './forward.ts'
@@ -32,14 +33,14 @@ export class StreamTracker {
   }
 
   /** The forwarder's tap hook: the other taps' (shadow comparison), and ours for watched requests. */
-  readonly tap = (req: IncomingMessage, decision: Decision): ResponseTap | undefined => {
-    const inner = this.#inner?.(req, decision)
+  readonly tap = (req: IncomingMessage, decision: Decision, route: Route, cls: RequestClass): ResponseTap | undefined => {
+    const inner = this.#inner?.(req, decision, route, cls)
     const res = this.#responses.get(req)
     if (res === undefined) return inner
     this.#responses.delete(req)
     return {
       onResponse: (status, headers) => {
-        if (status === 200 && isEventStream(headers)) this.#track(req, res, decision)
+        if (status === 200 && isEventStream(headers)) this.#track(req, res, decision, route, cls)
         inner?.onResponse(status, headers)
       },
       onData: (chunk) => { inner?.onData(chunk) },
@@ -48,12 +49,15 @@ export class StreamTracker {
     }
   }
 
-  #track (req: IncomingMessage, res: ServerResponse, decision: Decision): void {
+  /** Decided again, on a change of the rollout, on the route and class it was first decided on. */
+  #track (req: IncomingMessage, res: ServerResponse, decision: Decision, route: Route, cls: RequestClass): void {
     if (res.destroyed) return
     const closed = new Promise<void>((resolve) => res.once('close', resolve))
     const remove = this.#connections.add({
       version: decision.version,
       kind: 'stream',
+      route,
+      cls,
       key: this.#keyReader.read(req.headers, req.rawHeaders),
       close: async () => {
         // The upstream's next event may still be on its way after our end: dropped, not an error of the process.

@@ -20,12 +20,20 @@ async function until (what: string, check: () => Promise<boolean>, timeoutMs = 1
 async function startCluster (t: TestContext): Promise<{ url: string, client: Cluster }> {
   const dir = mkdtempSync(join(tmpdir(), 'dbshift-cluster-'))
   t.after(() => rmSync(dir, { recursive: true, force: true }))
-  const ports = [await freePort(), await freePort(), await freePort()]
-  for (const port of ports) {
-    await startProcess(t, 'redis-server', [
-      '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir,
+  const ports: number[] = []
+  while (ports.length < 3) {
+    // The cluster bus gets a free port of its own: by default it is port + 10000, which nobody checked was free.
+    const port = await freePort()
+    const busPort = await freePort()
+    const started = await startProcess(t, 'redis-server', [
+      '--port', String(port), '--cluster-port', String(busPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir,
       '--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '2000'
-    ], /Ready to accept connections/)
+    ], /Ready to accept connections/).then(() => true, (err: Error) => {
+      // Another process took one of the two ports between the check and the bind: try two others.
+      if (!/Address already in use/.test(err.message)) throw err
+      return false
+    })
+    if (started) ports.push(port)
   }
   const create = spawnSync('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes'], { encoding: 'utf8' })
   assert.equal(create.status, 0, `redis-cli --cluster create failed: ${create.stdout}${create.stderr}`)

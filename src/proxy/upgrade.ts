@@ -2,20 +2,16 @@ import { request as httpRequest, ServerResponse, type ClientRequest, type Incomi
 import { request as httpsRequest } from 'node:https'
 import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
-import type { Logger, LevelWithSilent } from 'pino'
 import { BadRequestError, FeaturePausedError, ShuttingDownError, TooManyUpgradedError, UriTooLongError } from '../errors.ts'
-import type { Metrics, RefusedReason } from '../metrics.ts'
-import type { Decision, Router, Version } from '../routing/decide.ts'
+import type { RefusedReason } from '../metrics.ts'
+import type { Decision, Version } from '../routing/decide.ts'
 import { normalisePath as routePath } from '../routing/path.ts'
-import type { ReadYourWrites } from '../routing/read-your-writes.ts'
-import { classOf, DEFAULT_ROUTE, type RequestClass, type Route, type RouteTable } from '../routing/routes.ts'
-import { fromByteString, headerCount, type UserKeyReader } from '../routing/user-key.ts'
-import type { RolloutSnapshot } from '../rollout/snapshot.ts'
-import type { TrafficWindow } from '../traffic/window.ts'
+import { classOf, DEFAULT_ROUTE, type RequestClass, type Route } from '../routing/routes.ts'
+import { fromByteString, headerCount } from '../routing/user-key.ts'
 import type { OpenConnections } from './connections.ts'
-import { sendError } from './forward.ts'
-import { clientHeaders, upstreamHeaders, type HeaderPolicy } from './headers.ts'
-import type { Pools, UpstreamPool } from './pools.ts'
+import { decideRequest, sendError, type RoutingDeps } from './forward.ts'
+import { clientHeaders, upstreamHeaders } from './headers.ts'
+import type { UpstreamPool } from './pools.ts'
 import { normalisePath, otherTarget } from './target.ts'
 import { Tunnel } from './tunnel.ts'
 import { classifyUpstreamError } from './upstream-errors.ts'
@@ -25,28 +21,12 @@ const KEEPALIVE_MS = 60_000
 /** What a client may send before the upstream has accepted its handshake. */
 const MAX_EARLY_BYTES = 65_536
 
-export interface UpgradeDeps {
-  router: Router
-  keyReader: UserKeyReader
-  rollout: () => RolloutSnapshot
-  pools: Pools
-  metrics: Metrics
-  traffic: TrafficWindow
-  log: Logger
-  requestLogLevel: LevelWithSilent
-  headers: HeaderPolicy
+export interface UpgradeDeps extends RoutingDeps {
   connections: OpenConnections
-  retries: number
   /** Open WebSockets (and handshakes under way) before a new handshake gets 503; 0 = no limit. */
   maxUpgraded: number
-  maxUrlBytes: number
   connectTimeoutMs: number
   headersTimeoutMs: number
-  /** The forwarder's route table: a handshake is on the route its normalised path and method match. */
-  routes?: RouteTable
-  /** The forwarder's read-your-writes: a handshake that reads, by a user who just wrote, is kept on legacy too. */
-  readYourWrites?: ReadYourWrites
-  now?: () => number
   /** Seconds for Retry-After when this path is paused (L2), or 0. */
   pausedFor?: (url: string) => number
   draining: () => boolean
@@ -102,10 +82,7 @@ export function createUpgradeHandler (deps: UpgradeDeps): (req: IncomingMessage,
     const route = deps.routes?.match(req.method, matched) ?? DEFAULT_ROUTE
     const cls = classOf(req.method, route)
     const key = deps.keyReader.read(req.headers, req.rawHeaders)
-    const ryw = deps.readYourWrites
-    const recentWrite = ryw !== undefined && cls === 'read' && key !== undefined && ryw.recent(key, req.headers.cookie, (deps.now ?? Date.now)())
-    const decision = deps.router.decide(deps.rollout(), key, cls, route, recentWrite)
-    deps.metrics.recordRoute(route.index, decision.version, cls)
+    const decision = decideRequest(deps, req, key, route, cls, (deps.now ?? Date.now)())
     const retryAfter = deps.pausedFor?.(matched) ?? 0
     if (retryAfter > 0) {
       deps.metrics.recordRequest(decision.version, 503, 0)
